@@ -1,0 +1,66 @@
+//! Finance reads of the open period: `GET /v1/usage` and `GET /v1/ledger/current.csv`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::auth::{authorize, Role};
+use crate::clock::rfc3339;
+use crate::error::ApiError;
+use crate::ledger::csv;
+
+pub async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state.settings, &headers, Role::Finance)?;
+    let period = state.store.open_period().await?;
+    let rows = state.store.usage(&period.id).await?;
+    let billing = &state.settings.billing;
+    let usage: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let (unit, amount) = csv::price(r, billing);
+            json!({
+                "user_id": r.user_id, "integration": r.integration,
+                "delivered": r.delivered, "failed": r.failed,
+                "unit_price": unit.to_string(), "amount": amount.to_string(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "period_id": period.id,
+        "period_start": rfc3339(period.start_at),
+        "currency": billing.currency,
+        "usage": usage,
+    })))
+}
+
+pub async fn current_csv(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state.settings, &headers, Role::Finance)?;
+    let period = state.store.open_period().await?;
+    let rows = state.store.usage(&period.id).await?;
+    let mut body = Vec::new();
+    csv::write(&mut body, &period, &rows, &state.settings.billing)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"notimeter-{}-current.csv\"",
+                    period.id
+                ),
+            ),
+        ],
+        body,
+    ))
+}

@@ -1,0 +1,202 @@
+//! Builds the router and the background tasks, and runs them until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use tracing::{error, info};
+
+use crate::api::{channels, health, usage};
+use crate::clock::now_ms;
+use crate::config::Settings;
+use crate::dispatch::{Dispatcher, Registry, SendContext};
+use crate::metering::Metrics;
+use crate::store::{self, Store};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    /// Poked when new messages are queued, so idle workers start at once.
+    pub wake: Arc<Notify>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let ingest = Router::new()
+        .route("/v1/alertmanager", post(crate::ingest::alertmanager))
+        .layer(DefaultBodyLimit::max(state.settings.max_request_bytes));
+    Router::new()
+        .merge(ingest)
+        .route(
+            "/v1/users/{user_id}/channels/{channel_id}",
+            put(channels::put)
+                .get(channels::get)
+                .delete(channels::delete),
+        )
+        .route("/v1/users/{user_id}/channels", get(channels::list))
+        .route("/v1/usage", get(usage::usage))
+        .route("/v1/ledger/current.csv", get(usage::current_csv))
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Opens the store named by the settings and applies migrations.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<Store>> {
+    let store = store::connect(&settings.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the database ({})",
+                redact_url(&settings.database_url)
+            )
+        })?;
+    store
+        .migrate(now_ms())
+        .await
+        .context("applying migrations")?;
+    Ok(store)
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("<secret>"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Checks the settings, opens and migrates the store, and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if settings.has_open_role()
+            && !settings.listen.ip().is_loopback()
+            && !settings.allow_insecure
+        {
+            bail!(
+                "refusing to listen on {} with a role left open: set ingest_token, admin_token and \
+                 finance_token, or allow_insecure = true",
+                settings.listen
+            );
+        }
+        let store = open_store(&settings).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let state = AppState {
+            metrics: Arc::new(Metrics::new(settings.max_user_series)),
+            settings: Arc::new(settings),
+            store,
+            registry: Registry::standard(),
+            wake: Arc::new(Notify::new()),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled: then stops accepting requests,
+    /// lets the dispatcher finish or release its sends, and closes the store.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state;
+        let settings = state.settings.clone();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("notimeter/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.dispatch.send_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("building the HTTP client")?;
+        let dispatcher = Arc::new(Dispatcher::new(
+            state.store.clone(),
+            state.registry.clone(),
+            Arc::new(SendContext {
+                http,
+                settings: settings.clone(),
+            }),
+            settings.dispatch.clone(),
+            state.metrics.clone(),
+            state.wake.clone(),
+        ));
+        let dispatch_task =
+            tokio::spawn(dispatcher.run(shutdown.clone(), settings.shutdown_timeout));
+        let pruner = tokio::spawn(prune_dedupe(state.store.clone(), shutdown.clone()));
+
+        info!(listen = %self.listener.local_addr()?, store = state.store.backend_name(), "notimeter serving");
+        let app = router(state.clone());
+        let stop = shutdown.clone();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        shutdown.cancel();
+        let _ = pruner.await;
+        if let Err(e) = dispatch_task.await {
+            error!(error = %e, "dispatcher task failed");
+        }
+        state.store.close().await;
+        info!("notimeter stopped");
+        served.context("HTTP server failed")
+    }
+}
+
+async fn prune_dedupe(store: Arc<Store>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        if let Err(e) = store.prune_dedupe(now_ms()).await {
+            error!(error = ?anyhow::Error::from(e), "pruning dedupe keys failed");
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    info!("shutdown signal received");
+}

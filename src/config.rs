@@ -1,0 +1,299 @@
+//! Settings: a TOML file (`--config`) overridden by `NOTIMETER_*` variables
+//! (nested keys joined with `__`). Unknown keys are errors that name the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// A value that must never be printed: `Debug` and `Display` show `<secret>`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub reports_dir: PathBuf,
+    pub ingest_token: Option<Secret>,
+    pub admin_token: Option<Secret>,
+    pub finance_token: Option<Secret>,
+    pub metrics_token: Option<Secret>,
+    pub allow_insecure: bool,
+    pub outbound_allow: Vec<IpNet>,
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    pub max_user_series: usize,
+    /// Largest webhook body accepted, in bytes (413 above it).
+    pub max_request_bytes: usize,
+    /// How long shutdown waits for in-flight sends before it releases them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub dispatch: DispatchSettings,
+    pub smtp: SmtpSettings,
+    pub sms: SmsSettings,
+    pub billing: BillingSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9097)),
+            database_url: "sqlite://notimeter.db".into(),
+            reports_dir: PathBuf::from("reports"),
+            ingest_token: None,
+            admin_token: None,
+            finance_token: None,
+            metrics_token: None,
+            allow_insecure: false,
+            outbound_allow: Vec::new(),
+            dedupe_window: Duration::from_secs(30),
+            max_user_series: 10_000,
+            max_request_bytes: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Plain,
+            dispatch: DispatchSettings::default(),
+            smtp: SmtpSettings::default(),
+            sms: SmsSettings::default(),
+            billing: BillingSettings::default(),
+        }
+    }
+}
+
+/// How the outbox is worked off. Not in DESIGN.md's table: notimeter's own choice,
+/// documented in the README.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchSettings {
+    /// Concurrent sends per process.
+    pub workers: usize,
+    /// Messages claimed per round trip to the store.
+    pub batch_size: usize,
+    /// How long a claim holds a message; a crashed holder's messages are taken
+    /// again after it. Must exceed `send_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Attempts before a retryable failure becomes final.
+    pub max_attempts: u32,
+    /// Age (since accepted) after which a retryable failure becomes final.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Upper bound on a `Retry-After` hint that is honoured.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// How often idle workers look for due retries.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            workers: 64,
+            batch_size: 64,
+            lease: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(10),
+            max_attempts: 10,
+            max_age: Duration::from_secs(3600),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            max_retry_after: Duration::from_secs(600),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSettings {
+    pub smarthost: Option<String>,
+    pub from: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: SmtpTls,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsSettings {
+    pub api_url: Option<String>,
+    pub account_sid: Option<String>,
+    pub auth_token: Option<Secret>,
+    pub from: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSettings {
+    pub schedule: String,
+    pub currency: String,
+    pub bill_failed: bool,
+    /// Unit price per integration (decimal strings); missing integrations cost 0.
+    pub prices: BTreeMap<String, Decimal>,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            schedule: "0 0 0 1 * *".into(),
+            currency: "USD".into(),
+            bill_failed: false,
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+impl BillingSettings {
+    pub fn unit_price(&self, integration: &str) -> Decimal {
+        self.prices
+            .get(integration)
+            .copied()
+            .unwrap_or(Decimal::ZERO)
+    }
+}
+
+/// Environment variables under `NOTIMETER_` that are not settings.
+const RESERVED_ENV: &[&str] = &["config", "test_"];
+
+impl Settings {
+    /// Defaults, then the TOML file (if any), then `NOTIMETER_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("NOTIMETER_")
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    !RESERVED_ENV.iter().any(|r| key.starts_with(r))
+                })
+                .split("__"),
+        );
+        let settings: Settings = figment.extract()?;
+        settings.validate().map_err(figment::Error::from)?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let d = &self.dispatch;
+        if d.workers == 0 || d.batch_size == 0 {
+            return Err("dispatch.workers and dispatch.batch_size must be at least 1".into());
+        }
+        if d.lease <= d.send_timeout {
+            return Err(format!(
+                "dispatch.lease ({:?}) must be longer than dispatch.send_timeout ({:?})",
+                d.lease, d.send_timeout
+            ));
+        }
+        if d.max_attempts == 0 {
+            return Err("dispatch.max_attempts must be at least 1".into());
+        }
+        if self.max_user_series == 0 {
+            return Err("max_user_series must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// True when some role has no token and would be open to anyone who can connect.
+    pub fn has_open_role(&self) -> bool {
+        self.ingest_token.is_none() || self.admin_token.is_none() || self.finance_token.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Settings {
+            admin_token: Some(Secret::new("hunter2")),
+            ..Settings::default()
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[billing]\ncurency = \"EUR\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("curency"), "{err}");
+    }
+
+    #[test]
+    fn file_values_and_durations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "dedupe_window = \"5s\"\noutbound_allow = [\"127.0.0.0/8\"]\n[billing.prices]\nslack = \"0.010\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.dedupe_window, Duration::from_secs(5));
+        assert_eq!(s.outbound_allow.len(), 1);
+        assert_eq!(s.billing.unit_price("slack").to_string(), "0.010");
+        assert_eq!(s.billing.unit_price("sms"), Decimal::ZERO);
+    }
+}

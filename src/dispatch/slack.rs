@@ -1,0 +1,134 @@
+//! Slack incoming webhooks, with what Alertmanager's default Slack template
+//! gives: title `[FIRING:N] …`, a link to Alertmanager, colour by status, and
+//! the alerts' descriptions as text.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    http, parse_settings, template, Integration, Reason, SendContext, SendError, Sent,
+    ValidateContext,
+};
+use crate::domain::{AlertStatus, WebhookPayload};
+
+pub struct Slack;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    api_url: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Attachment {
+    pub title: String,
+    pub title_link: String,
+    pub text: String,
+    pub fallback: String,
+    pub color: &'static str,
+    pub mrkdwn_in: [&'static str; 3],
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Message {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    pub username: String,
+    pub attachments: Vec<Attachment>,
+}
+
+/// The message Alertmanager's default Slack template would give for `p`.
+pub fn message(p: &WebhookPayload, channel: Option<String>, username: Option<String>) -> Message {
+    let title = template::subject(p);
+    let title_link = template::alertmanager_url(p);
+    Message {
+        channel,
+        username: username.unwrap_or_else(|| "Alertmanager".into()),
+        attachments: vec![Attachment {
+            fallback: format!("{title} | {title_link}"),
+            text: template::descriptions(p),
+            color: if p.status == AlertStatus::Firing {
+                "danger"
+            } else {
+                "good"
+            },
+            mrkdwn_in: ["fallback", "pretext", "text"],
+            title,
+            title_link,
+        }],
+    }
+}
+
+/// Slack answers 200 to some failures: success is a body of `ok` (incoming
+/// webhooks) or JSON with `"ok": true` (the Web API), as Alertmanager ≥ 0.26 checks.
+fn check_body(body: &str) -> Result<(), String> {
+    let body = body.trim();
+    if body == "ok" {
+        return Ok(());
+    }
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) if v.get("ok").and_then(Value::as_bool) == Some(true) => Ok(()),
+        Ok(v) => Err(format!(
+            "Slack answered an error: {}",
+            v.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("ok is not true")
+        )),
+        Err(_) => Err(format!(
+            "Slack answered an unexpected body: {}",
+            body.chars().take(200).collect::<String>()
+        )),
+    }
+}
+
+#[async_trait]
+impl Integration for Slack {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &["api_url"]
+    }
+
+    fn validate(&self, settings: &Value, ctx: &ValidateContext<'_>) -> Result<(), String> {
+        let s: Settings = parse_settings(settings)?;
+        http::check_url(&s.api_url, &ctx.settings.outbound_allow)
+            .map_err(|e| format!("settings.api_url: {e}"))?;
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        ctx: &SendContext,
+        settings: &Value,
+        payload: &WebhookPayload,
+    ) -> Result<Sent, SendError> {
+        let s: Settings =
+            parse_settings(settings).map_err(|e| SendError::permanent(Reason::Other, e))?;
+        let url = http::check_url(&s.api_url, &ctx.settings.outbound_allow)
+            .map_err(|e| SendError::permanent(Reason::ClientError, e))?;
+        let body = message(payload, s.channel, s.username);
+        http::send(ctx.http.post(url).json(&body), check_body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_check() {
+        assert!(check_body("ok").is_ok());
+        assert!(check_body(r#"{"ok":true}"#).is_ok());
+        assert!(check_body(r#"{"ok":false,"error":"channel_not_found"}"#)
+            .unwrap_err()
+            .contains("channel_not_found"));
+        assert!(check_body("invalid_payload").is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! The finance ledger: billing periods and their CSV.
+
+pub mod csv;

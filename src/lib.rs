@@ -1,0 +1,18 @@
+//! notimeter: a notification proxy with per-user metering and billing for
+//! Prometheus Alertmanager. See the README for the big picture.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod error;
+pub mod ingest;
+pub mod ledger;
+pub mod metering;
+pub mod store;
+pub mod telemetry;

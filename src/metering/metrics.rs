@@ -1,0 +1,186 @@
+//! Every metric of DESIGN.md. Counters are process-local and monotonic; the
+//! `notimeter_period_*` gauges are read from the store at scrape time, so they
+//! agree with the ledger whichever replica is scraped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::store::{Store, StoreError};
+
+/// The label under which users beyond `max_user_series` are counted.
+pub const OTHER_USERS: &str = "_other";
+
+pub struct Metrics {
+    registry: Registry,
+    pub notifications: IntCounterVec,
+    pub alerts_received: IntCounterVec,
+    pub delivery_attempts: IntCounterVec,
+    pub delivery_latency: HistogramVec,
+    pub webhook_requests: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub alerts_undeliverable: IntCounterVec,
+    outbox_pending: IntGauge,
+    period_notifications: IntGaugeVec,
+    users: Mutex<HashSet<String>>,
+    max_user_series: usize,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new(max_user_series: usize) -> Self {
+        let registry = Registry::new();
+        let notifications = counter_vec(
+            &registry,
+            "notimeter_notifications_total",
+            "Messages whose outcome became final, by user, integration and outcome.",
+            &["user_id", "integration", "outcome"],
+        );
+        let alerts_received = counter_vec(
+            &registry,
+            "notimeter_alerts_received_total",
+            "Alerts received from Alertmanager, by the user they were attributed to.",
+            &["user_id"],
+        );
+        let delivery_attempts = counter_vec(
+            &registry,
+            "notimeter_delivery_attempts_total",
+            "Delivery attempts, by integration and result (success or a failure reason).",
+            &["integration", "result"],
+        );
+        let webhook_requests = counter_vec(
+            &registry,
+            "notimeter_webhook_requests_total",
+            "Requests to the Alertmanager webhook, by HTTP status code.",
+            &["code"],
+        );
+        let alerts_undeliverable = counter_vec(
+            &registry,
+            "notimeter_alerts_undeliverable_total",
+            "Alerts recorded as undeliverable (no matching channel, bad alert, ...), by reason.",
+            &["reason"],
+        );
+        let delivery_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "notimeter_delivery_latency_seconds",
+                "Time from acceptance to final outcome, by integration.",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                3600.0,
+            ]),
+            &["integration"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_latency.clone()))
+            .expect("unique metric");
+        let duplicates = IntCounter::new(
+            "notimeter_duplicates_total",
+            "Notifications dropped as duplicates of one seen within the dedupe window.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duplicates.clone()))
+            .expect("unique metric");
+        let outbox_pending = IntGauge::new(
+            "notimeter_outbox_pending",
+            "Messages accepted and not yet final.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(outbox_pending.clone()))
+            .expect("unique metric");
+        let period_notifications = IntGaugeVec::new(
+            Opts::new(
+                "notimeter_period_notifications",
+                "Messages final in the open billing period so far, by user, integration and outcome.",
+            ),
+            &["user_id", "integration", "outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(period_notifications.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            notifications,
+            alerts_received,
+            delivery_attempts,
+            delivery_latency,
+            webhook_requests,
+            duplicates,
+            alerts_undeliverable,
+            outbox_pending,
+            period_notifications,
+            users: Mutex::new(HashSet::new()),
+            max_user_series,
+        }
+    }
+
+    /// The `user_id` label for a user: itself while fewer than `max_user_series`
+    /// users have been seen, `_other` beyond.
+    pub fn user_label<'a>(&self, user_id: &'a str) -> &'a str {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if users.contains(user_id) {
+            return user_id;
+        }
+        if users.len() < self.max_user_series {
+            users.insert(user_id.to_owned());
+            return user_id;
+        }
+        OTHER_USERS
+    }
+
+    /// Refreshes the gauges from the store and renders the text format.
+    pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
+        self.outbox_pending.set(store.pending_count().await?);
+        let period = store.open_period().await?;
+        let mut sums: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+        for row in store.usage(&period.id).await? {
+            let user = self.user_label(&row.user_id).to_owned();
+            let e = sums.entry((user, row.integration)).or_default();
+            e.0 += row.delivered;
+            e.1 += row.failed;
+        }
+        self.period_notifications.reset();
+        for ((user, integration), (delivered, failed)) in sums {
+            self.period_notifications
+                .with_label_values(&[user.as_str(), integration.as_str(), "delivered"])
+                .set(delivered);
+            self.period_notifications
+                .with_label_values(&[user.as_str(), integration.as_str(), "failed"])
+                .set(failed);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_series_are_capped() {
+        let m = Metrics::new(2);
+        assert_eq!(m.user_label("a"), "a");
+        assert_eq!(m.user_label("b"), "b");
+        assert_eq!(m.user_label("c"), OTHER_USERS);
+        assert_eq!(m.user_label("a"), "a");
+    }
+}

@@ -1,0 +1,161 @@
+//! Persistence. One [`Store`] runs the SQL that both databases share; a
+//! [`Backend`] (SQLite in `sqlite.rs`, PostgreSQL in `postgres.rs`) supplies
+//! what differs: connecting, its own migrations, and how due messages are claimed.
+//! The backend is chosen by the URL scheme.
+//!
+//! Times are stored as milliseconds since the Unix epoch, so the same statements
+//! and types serve both databases.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::AnyPool;
+
+use crate::clock::Millis;
+
+pub use sql::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What differs between the databases.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Pool for writes (SQLite: a single connection, so writers never contend).
+    fn writer(&self) -> &AnyPool;
+    /// Pool for reads (SQLite: several connections reading the WAL concurrently).
+    fn reader(&self) -> &AnyPool;
+    async fn migrate(&self) -> Result<()>;
+    /// `UPDATE … RETURNING` that leases up to `$4` due messages to `$1` until `$2`
+    /// (`$3` is now). PostgreSQL adds `FOR UPDATE SKIP LOCKED` so replicas never
+    /// claim the same row.
+    fn claim_sql(&self) -> &'static str;
+}
+
+/// Opens (creating it if needed) the database named by `url`.
+pub async fn connect(url: &str) -> Result<Arc<Store>> {
+    sqlx::any::install_default_drivers();
+    let backend: Box<dyn Backend> = if url.starts_with("sqlite:") {
+        Box::new(sqlite::Sqlite::connect(url).await?)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Box::new(postgres::Postgres::connect(url).await?)
+    } else {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    };
+    Ok(Arc::new(Store::new(backend)))
+}
+
+/// A channel as stored: the body the admin API took (secrets included).
+#[derive(Clone, Debug)]
+pub struct ChannelRecord {
+    pub user_id: String,
+    pub channel_id: String,
+    pub integration: String,
+    pub enabled: bool,
+    pub spec: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub user_id: String,
+    pub channel_id: String,
+    pub integration: String,
+    pub payload: String,
+    pub alert_count: i64,
+    pub alertnames: String,
+}
+
+/// Alerts that could not be turned into a message; kept, never dropped silently.
+#[derive(Clone, Debug)]
+pub struct Undeliverable {
+    pub user_id: String,
+    pub raw_user_id: Option<String>,
+    pub receiver: String,
+    pub reason: &'static str,
+    pub alert: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct IngestBatch {
+    pub dedupe_key: String,
+    pub now: Millis,
+    pub dedupe_expires_at: Millis,
+    pub messages: Vec<NewMessage>,
+    pub undeliverable: Vec<Undeliverable>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    Duplicate,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClaimedMessage {
+    pub id: i64,
+    pub user_id: String,
+    pub channel_id: String,
+    pub integration: String,
+    pub payload: String,
+    pub created_at: Millis,
+    /// Attempts made before this one.
+    pub attempts: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Failed,
+    Retry { due_at: Millis },
+}
+
+/// One finished attempt and what it means for its message.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub message_id: i64,
+    pub user_id: String,
+    pub integration: String,
+    pub attempt: i64,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    /// `success`, or the failure reason.
+    pub result: String,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub outcome: Outcome,
+    pub finished_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct Period {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub start_at: Millis,
+    pub end_at: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UsageRow {
+    pub user_id: String,
+    pub integration: String,
+    pub delivered: i64,
+    pub failed: i64,
+}

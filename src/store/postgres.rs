@@ -1,0 +1,53 @@
+//! PostgreSQL: for several replicas sharing one database. Claims use
+//! `FOR UPDATE SKIP LOCKED`, so no two replicas ever hold the same message.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::AnyPool;
+
+use super::{Backend, Result};
+
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+pub struct Postgres {
+    pool: AnyPool,
+}
+
+impl Postgres {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Backend for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    fn writer(&self) -> &AnyPool {
+        &self.pool
+    }
+    fn reader(&self) -> &AnyPool {
+        &self.pool
+    }
+    async fn migrate(&self) -> Result<()> {
+        MIGRATIONS.run(&self.pool).await?;
+        Ok(())
+    }
+    fn claim_sql(&self) -> &'static str {
+        "UPDATE messages SET lease_owner = $1, lease_until = $2 \
+         WHERE id IN (SELECT id FROM messages \
+                      WHERE state = 'pending' AND due_at <= $3 \
+                        AND (lease_until IS NULL OR lease_until <= $3) \
+                      ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, user_id, channel_id, integration, payload, created_at, attempts"
+    }
+}

@@ -1,0 +1,423 @@
+//! The statements both databases share (`$N` placeholders work in both).
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{
+    AttemptRecord, Backend, ChannelRecord, ClaimedMessage, Enqueued, IngestBatch, Outcome, Period,
+    Result, StoreError, UsageRow,
+};
+use crate::clock::{rfc3339, Millis};
+
+pub struct Store {
+    backend: Box<dyn Backend>,
+}
+
+fn channel_from_row(row: &AnyRow) -> Result<ChannelRecord> {
+    Ok(ChannelRecord {
+        user_id: row.try_get("user_id")?,
+        channel_id: row.try_get("channel_id")?,
+        integration: row.try_get("integration")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        spec: row.try_get("spec")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn period_from_row(row: &AnyRow) -> Result<Period> {
+    Ok(Period {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        start_at: row.try_get("start_at")?,
+        end_at: row.try_get("end_at")?,
+    })
+}
+
+const CHANNEL_COLUMNS: &str =
+    "user_id, channel_id, integration, enabled, spec, created_at, updated_at";
+
+/// Period ids are the open time in compact UTC, e.g. `20261101T000000Z`.
+pub fn period_id_for(start: Millis) -> String {
+    rfc3339(start)
+        .replace(['-', ':'], "")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+        + "Z"
+}
+
+impl Store {
+    pub(super) fn new(backend: Box<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Applies pending migrations and makes sure an open billing period exists.
+    pub async fn migrate(&self, now: Millis) -> Result<()> {
+        self.backend.migrate().await?;
+        self.ensure_open_period(now).await
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(self.backend.reader())
+            .await?;
+        sqlx::query("SELECT 1")
+            .execute(self.backend.writer())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.backend.writer().close().await;
+        self.backend.reader().close().await;
+    }
+
+    // ---- channels ------------------------------------------------------------
+
+    /// Creates or replaces a channel; returns true when it was created.
+    pub async fn put_channel(&self, ch: &ChannelRecord) -> Result<bool> {
+        let mut tx = self.backend.writer().begin().await?;
+        let existed = sqlx::query("SELECT 1 FROM channels WHERE user_id = $1 AND channel_id = $2")
+            .bind(&ch.user_id)
+            .bind(&ch.channel_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO channels (user_id, channel_id, integration, enabled, spec, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             ON CONFLICT (user_id, channel_id) DO UPDATE SET integration = excluded.integration, \
+               enabled = excluded.enabled, spec = excluded.spec, updated_at = excluded.updated_at",
+        )
+        .bind(&ch.user_id)
+        .bind(&ch.channel_id)
+        .bind(&ch.integration)
+        .bind(i64::from(ch.enabled))
+        .bind(&ch.spec)
+        .bind(ch.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    pub async fn get_channel(
+        &self,
+        user_id: &str,
+        channel_id: &str,
+    ) -> Result<Option<ChannelRecord>> {
+        let sql = format!(
+            "SELECT {CHANNEL_COLUMNS} FROM channels WHERE user_id = $1 AND channel_id = $2"
+        );
+        sqlx::query(&sql)
+            .bind(user_id)
+            .bind(channel_id)
+            .fetch_optional(self.backend.reader())
+            .await?
+            .as_ref()
+            .map(channel_from_row)
+            .transpose()
+    }
+
+    pub async fn delete_channel(&self, user_id: &str, channel_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM channels WHERE user_id = $1 AND channel_id = $2")
+            .bind(user_id)
+            .bind(channel_id)
+            .execute(self.backend.writer())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn list_channels(&self, user_id: &str) -> Result<Vec<ChannelRecord>> {
+        let sql = format!(
+            "SELECT {CHANNEL_COLUMNS} FROM channels WHERE user_id = $1 ORDER BY channel_id"
+        );
+        sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(self.backend.reader())
+            .await?
+            .iter()
+            .map(channel_from_row)
+            .collect()
+    }
+
+    // ---- ingest --------------------------------------------------------------
+
+    /// Records the dedupe key and every message and undeliverable alert in one
+    /// transaction. A key seen within its window makes the whole batch a duplicate.
+    pub async fn enqueue(&self, batch: &IngestBatch) -> Result<Enqueued> {
+        let mut tx = self.backend.writer().begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE dedupe.expires_at <= $3",
+        )
+        .bind(&batch.dedupe_key)
+        .bind(batch.dedupe_expires_at)
+        .bind(batch.now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(Enqueued::Duplicate);
+        }
+        for m in &batch.messages {
+            sqlx::query(
+                "INSERT INTO messages (user_id, channel_id, integration, payload, alert_count, \
+                   alertnames, state, created_at, due_at, attempts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, 0)",
+            )
+            .bind(&m.user_id)
+            .bind(&m.channel_id)
+            .bind(&m.integration)
+            .bind(&m.payload)
+            .bind(m.alert_count)
+            .bind(&m.alertnames)
+            .bind(batch.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for u in &batch.undeliverable {
+            sqlx::query(
+                "INSERT INTO undeliverable (received_at, user_id, raw_user_id, receiver, reason, alert) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(batch.now)
+            .bind(&u.user_id)
+            .bind(&u.raw_user_id)
+            .bind(&u.receiver)
+            .bind(u.reason)
+            .bind(&u.alert)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Enqueued::Accepted)
+    }
+
+    pub async fn prune_dedupe(&self, now: Millis) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM dedupe WHERE expires_at <= $1")
+            .bind(now)
+            .execute(self.backend.writer())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- dispatch ------------------------------------------------------------
+
+    /// Leases up to `limit` due messages to `owner` until `lease_until`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        let rows = sqlx::query(self.backend.claim_sql())
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.backend.writer())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ClaimedMessage {
+                    id: row.try_get("id")?,
+                    user_id: row.try_get("user_id")?,
+                    channel_id: row.try_get("channel_id")?,
+                    integration: row.try_get("integration")?,
+                    payload: row.try_get("payload")?,
+                    created_at: row.try_get("created_at")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives leased messages back (on shutdown) so another worker takes them now.
+    pub async fn release(&self, owner: &str, ids: &[i64]) -> Result<()> {
+        let mut tx = self.backend.writer().begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE messages SET lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+            )
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn open_period_id(tx: &mut Transaction<'static, Any>) -> Result<String> {
+        sqlx::query("SELECT id FROM periods WHERE end_at IS NULL AND user_id IS NULL")
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get::<String, _>("id"))
+            .transpose()?
+            .ok_or_else(|| StoreError::Corrupt("no open billing period".into()))
+    }
+
+    /// Stores finished attempts in one transaction. Only an owner still holding
+    /// its lease may write: a message taken over after an expired lease is
+    /// counted by its new holder, never twice. Returns, per record, whether it
+    /// was applied.
+    pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>> {
+        let mut tx = self.backend.writer().begin().await?;
+        let mut period: Option<String> = None;
+        let mut applied = Vec::with_capacity(records.len());
+        for r in records {
+            let updated = match r.outcome {
+                Outcome::Retry { due_at } => sqlx::query(
+                    "UPDATE messages SET attempts = $1, due_at = $2, last_reason = $3, last_error = $4, \
+                       lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $5 AND state = 'pending' AND lease_owner = $6",
+                )
+                .bind(r.attempt)
+                .bind(due_at)
+                .bind(&r.result)
+                .bind(&r.error)
+                .bind(r.message_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Outcome::Delivered | Outcome::Failed => {
+                    if period.is_none() {
+                        period = Some(Self::open_period_id(&mut tx).await?);
+                    }
+                    let state = if r.outcome == Outcome::Delivered { "delivered" } else { "failed" };
+                    sqlx::query(
+                        "UPDATE messages SET state = $1, attempts = $2, final_at = $3, last_reason = $4, \
+                           last_error = $5, period_id = $6, lease_owner = NULL, lease_until = NULL \
+                         WHERE id = $7 AND state = 'pending' AND lease_owner = $8",
+                    )
+                    .bind(state)
+                    .bind(r.attempt)
+                    .bind(r.finished_at)
+                    .bind((r.result != "success").then_some(&r.result))
+                    .bind(&r.error)
+                    .bind(period.as_deref())
+                    .bind(r.message_id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                }
+            };
+            if updated == 0 {
+                applied.push(false);
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(r.message_id)
+            .bind(r.attempt)
+            .bind(r.started_at)
+            .bind(r.duration_ms)
+            .bind(&r.result)
+            .bind(r.status_code)
+            .bind(&r.error)
+            .execute(&mut *tx)
+            .await?;
+            if !matches!(r.outcome, Outcome::Retry { .. }) {
+                let (d, f) = if r.outcome == Outcome::Delivered {
+                    (1_i64, 0_i64)
+                } else {
+                    (0, 1)
+                };
+                sqlx::query(
+                    "INSERT INTO usage (period_id, user_id, integration, delivered, failed) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (period_id, user_id, integration) DO UPDATE SET \
+                       delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed",
+                )
+                .bind(period.as_deref())
+                .bind(&r.user_id)
+                .bind(&r.integration)
+                .bind(d)
+                .bind(f)
+                .execute(&mut *tx)
+                .await?;
+            }
+            applied.push(true);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    pub async fn pending_count(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM messages WHERE state = 'pending'")
+            .fetch_one(self.backend.reader())
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    // ---- periods and usage ---------------------------------------------------
+
+    async fn ensure_open_period(&self, now: Millis) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO periods (id, user_id, start_at, end_at) \
+             SELECT $1, NULL, $2, NULL \
+             WHERE NOT EXISTS (SELECT 1 FROM periods WHERE end_at IS NULL AND user_id IS NULL) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(period_id_for(now))
+        .bind(now)
+        .execute(self.backend.writer())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn open_period(&self) -> Result<Period> {
+        let row = sqlx::query(
+            "SELECT id, user_id, start_at, end_at FROM periods WHERE end_at IS NULL AND user_id IS NULL",
+        )
+        .fetch_optional(self.backend.reader())
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("no open billing period".into()))?;
+        period_from_row(&row)
+    }
+
+    /// A period's counts, sorted by user_id then integration.
+    pub async fn usage(&self, period_id: &str) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query(
+            "SELECT user_id, integration, delivered, failed FROM usage \
+             WHERE period_id = $1 ORDER BY user_id, integration",
+        )
+        .bind(period_id)
+        .fetch_all(self.backend.reader())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    user_id: row.try_get("user_id")?,
+                    integration: row.try_get("integration")?,
+                    delivered: row.try_get("delivered")?,
+                    failed: row.try_get("failed")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn period_id_is_compact_utc() {
+        assert_eq!(super::period_id_for(1_793_491_200_000), "20261101T000000Z");
+    }
+}
