@@ -205,14 +205,14 @@ const RESERVED_ENV: &[&str] = &["config", "test_"];
 
 impl Settings {
     /// Defaults, then the TOML file (if any), then `NOTIMETER_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(figment::Error::from(format!(
+                return Err(Box::new(figment::Error::from(format!(
                     "config file {} does not exist",
                     path.display()
-                )));
+                ))));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -224,8 +224,10 @@ impl Settings {
                 })
                 .split("__"),
         );
-        let settings: Settings = figment.extract()?;
-        settings.validate().map_err(figment::Error::from)?;
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings
+            .validate()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(settings)
     }
 

@@ -30,11 +30,15 @@ pub fn formula_safe(cell: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// What a usage row costs: billed messages × unit price (failed ones billed
-/// only with `bill_failed`). Exact decimal arithmetic, no rounding.
+/// only with `bill_failed`). The product of a whole number and the price is
+/// exact, so nothing is rounded; it is shown at the unit price's scale
+/// (`0.0025` × 0 is `0.0000`), so a column of amounts lines up.
 pub fn price(row: &UsageRow, billing: &BillingSettings) -> (Decimal, Decimal) {
     let unit = billing.unit_price(&row.integration);
     let billed = row.delivered + if billing.bill_failed { row.failed } else { 0 };
-    (unit, unit * Decimal::from(billed))
+    let mut amount = unit * Decimal::from(billed);
+    amount.rescale(unit.scale());
+    (unit, amount)
 }
 
 /// Writes a period's rows (already sorted by user_id, integration).

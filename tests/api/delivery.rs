@@ -1,0 +1,300 @@
+//! Delivery: retries, permanent failures, the Slack message, counting once.
+
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+on_both_backends!(
+    server_errors_are_retried_then_counted_once,
+    client_error_fails_once_with_reason,
+    retry_after_is_honoured,
+    slack_message_like_alertmanager,
+    slack_ok_false_is_a_permanent_failure,
+    resolved_alerts_follow_send_resolved,
+);
+
+async fn server_errors_are_retried_then_counted_once(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let sink = Sink::start().await;
+    sink.script("/u1", [Reply::new(500, "boom"), Reply::new(500, "boom")]);
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    app.post_alerts(&payload(
+        "default",
+        "g",
+        vec![alert("high_cpu", Some("u1"), "f1")],
+    ))
+    .await;
+
+    sink.wait_for("/u1", 3).await;
+    app.wait_idle().await;
+    assert_eq!(
+        sink.received_on("/u1").len(),
+        3,
+        "two failures, then one success"
+    );
+    let m = app.metrics().await;
+    let delivered = [
+        ("user_id", "u1"),
+        ("integration", "webhook"),
+        ("outcome", "delivered"),
+    ];
+    assert_eq!(
+        metric_value(&m, "notimeter_notifications_total", &delivered),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "notimeter_notifications_total",
+            &[
+                ("user_id", "u1"),
+                ("integration", "webhook"),
+                ("outcome", "failed")
+            ]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "notimeter_delivery_attempts_total",
+            &[("integration", "webhook"), ("result", "serverError")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "notimeter_delivery_attempts_total",
+            &[("integration", "webhook"), ("result", "success")]
+        ),
+        1.0
+    );
+    let usage = app.get_json("/v1/usage", FINANCE_TOKEN).await;
+    assert_eq!(
+        usage["usage"],
+        json!([{"user_id": "u1", "integration": "webhook", "delivered": 1, "failed": 0, "unit_price": "0", "amount": "0"}])
+    );
+    app.stop().await;
+}
+
+async fn client_error_fails_once_with_reason(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let sink = Sink::start().await;
+    sink.script("/gone", [Reply::new(404, "no such hook")]);
+    app.add_webhook("u1", "hook", &sink.url("/gone")).await;
+    app.post_alerts(&payload(
+        "default",
+        "g",
+        vec![alert("high_cpu", Some("u1"), "f1")],
+    ))
+    .await;
+
+    sink.wait_for("/gone", 1).await;
+    app.wait_idle().await;
+    assert_eq!(sink.received_on("/gone").len(), 1, "a 404 is not retried");
+    let m = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "notimeter_notifications_total",
+            &[
+                ("user_id", "u1"),
+                ("integration", "webhook"),
+                ("outcome", "failed")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "notimeter_delivery_attempts_total",
+            &[("integration", "webhook"), ("result", "clientError")]
+        ),
+        1.0
+    );
+
+    let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
+    let row: (String, i64, String) = sqlx::query_as("SELECT m.last_reason, a.status_code, a.result FROM messages m JOIN attempts a ON a.message_id = m.id")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        row,
+        ("clientError".to_owned(), 404, "clientError".to_owned())
+    );
+    pool.close().await;
+    app.stop().await;
+}
+
+async fn retry_after_is_honoured(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let sink = Sink::start().await;
+    sink.script(
+        "/u1",
+        [Reply::new(429, "slow down").header("retry-after", "1")],
+    );
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    app.post_alerts(&payload(
+        "default",
+        "g",
+        vec![alert("high_cpu", Some("u1"), "f1")],
+    ))
+    .await;
+
+    let first = sink.wait_for("/u1", 1).await;
+    let t0 = std::time::Instant::now();
+    sink.wait_for("/u1", 2).await;
+    let waited = t0.elapsed();
+    let _ = first;
+    assert!(
+        waited >= std::time::Duration::from_millis(950),
+        "retried after {waited:?}, before the 1 s hint"
+    );
+    app.wait_idle().await;
+    assert_eq!(
+        app.metric(
+            "notimeter_delivery_attempts_total",
+            &[("integration", "webhook"), ("result", "rateLimited")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric(
+            "notimeter_notifications_total",
+            &[
+                ("user_id", "u1"),
+                ("integration", "webhook"),
+                ("outcome", "delivered")
+            ]
+        )
+        .await,
+        1.0
+    );
+    app.stop().await;
+}
+
+async fn slack_message_like_alertmanager(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let slack = Sink::start().await;
+    let r = app
+        .put_channel("u1", "slack", json!({
+            "type": "slack",
+            "settings": {"api_url": slack.url("/services/T000/B000/XXXX"), "channel": "#ops", "username": "notimeter"},
+            "matchers": ["severity=~\"critical|warning\""]
+        }))
+        .await;
+    assert_eq!(r.status(), 201);
+    let mut info = alert("low_prio", Some("u1"), "f3");
+    info["labels"]["severity"] = json!("info");
+    let alerts = vec![
+        alert("high_cpu", Some("u1"), "f1"),
+        alert("high_cpu", Some("u1"), "f2"),
+        info,
+    ];
+    let mut p = payload("default", "g", alerts);
+    p["groupLabels"] = json!({"alertname": "high_cpu"});
+    app.post_alerts(&p).await;
+
+    let got = slack.wait_for("/services/T000/B000/XXXX", 1).await;
+    app.wait_idle().await;
+    let body = got[0].json();
+    assert_eq!(
+        body,
+        json!({
+            "channel": "#ops",
+            "username": "notimeter",
+            "attachments": [{
+                "title": "[FIRING:2] high_cpu (db-1:9100 critical u1)",
+                "title_link": "http://alertmanager:9093/#/alerts?receiver=default",
+                "text": "high_cpu on db-1\nhigh_cpu on db-1\n",
+                "fallback": "[FIRING:2] high_cpu (db-1:9100 critical u1) | http://alertmanager:9093/#/alerts?receiver=default",
+                "color": "danger",
+                "mrkdwn_in": ["fallback", "pretext", "text"]
+            }]
+        })
+    );
+    // The info alert matched no channel: kept as undeliverable, not sent.
+    assert_eq!(
+        app.metric(
+            "notimeter_alerts_undeliverable_total",
+            &[("reason", "no_matching_channel")]
+        )
+        .await,
+        1.0
+    );
+    app.stop().await;
+}
+
+async fn slack_ok_false_is_a_permanent_failure(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let slack = Sink::start().await;
+    slack.script(
+        "/hook",
+        [Reply::new(
+            200,
+            r#"{"ok":false,"error":"channel_not_found"}"#,
+        )],
+    );
+    app.put_channel(
+        "u1",
+        "slack",
+        json!({"type": "slack", "settings": {"api_url": slack.url("/hook")}}),
+    )
+    .await;
+    app.post_alerts(&payload(
+        "default",
+        "g",
+        vec![alert("high_cpu", Some("u1"), "f1")],
+    ))
+    .await;
+    slack.wait_for("/hook", 1).await;
+    app.wait_idle().await;
+    assert_eq!(slack.received_on("/hook").len(), 1);
+    assert_eq!(
+        app.metric(
+            "notimeter_notifications_total",
+            &[
+                ("user_id", "u1"),
+                ("integration", "slack"),
+                ("outcome", "failed")
+            ]
+        )
+        .await,
+        1.0
+    );
+    app.stop().await;
+}
+
+async fn resolved_alerts_follow_send_resolved(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let sink = Sink::start().await;
+    app.put_channel(
+        "u1",
+        "quiet",
+        json!({"type": "webhook", "settings": {"url": sink.url("/quiet")}, "send_resolved": false}),
+    )
+    .await;
+    app.put_channel(
+        "u1",
+        "loud",
+        json!({"type": "webhook", "settings": {"url": sink.url("/loud")}}),
+    )
+    .await;
+    let mut resolved = alert("high_cpu", Some("u1"), "f1");
+    resolved["status"] = json!("resolved");
+    let mut p = payload("default", "g", vec![resolved]);
+    p["status"] = json!("resolved");
+    app.post_alerts(&p).await;
+    let loud = sink.wait_for("/loud", 1).await;
+    app.wait_idle().await;
+    assert_eq!(loud[0].json()["status"], "resolved");
+    assert!(
+        sink.received_on("/quiet").is_empty(),
+        "send_resolved=false gets no all-resolved notification"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,428 @@
+//! `spawn_app()`, fake upstreams and polling helpers.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use notimeter::app::Application;
+use notimeter::config::{Secret, Settings};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const INGEST_TOKEN: &str = "ingest-token-for-tests";
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+pub const FINANCE_TOKEN: &str = "finance-token-for-tests";
+
+/// Declares `mod $name { sqlite, postgres }` running `$name(backend)` on each.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match $crate::helpers::Backend::postgres() {
+                    Some(b) => super::$name(b).await,
+                    None => eprintln!("skipped: NOTIMETER_TEST_POSTGRES_URL is not set"),
+                }
+            }
+        }
+    )*};
+}
+
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    /// The server URL from NOTIMETER_TEST_POSTGRES_URL.
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn postgres() -> Option<Backend> {
+        std::env::var("NOTIMETER_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(Backend::Postgres)
+    }
+}
+
+/// A fresh database for one test: a SQLite file in `dir`, or a new PostgreSQL database.
+pub async fn fresh_database(backend: &Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("notimeter.db").display()),
+        Backend::Postgres(server) => {
+            use sqlx::Connection;
+            let name = format!("notimeter_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(server)
+                .await
+                .expect("connect to PostgreSQL");
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .expect("create test database");
+            let mut url = url::Url::parse(server).expect("valid PostgreSQL URL");
+            url.set_path(&name);
+            url.to_string()
+        }
+    }
+}
+
+/// Settings for tests: tokens set, loopback allowed, fast retries.
+pub fn test_settings(database_url: &str, dir: &std::path::Path) -> Settings {
+    let mut s = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: database_url.to_owned(),
+        reports_dir: dir.join("reports"),
+        ingest_token: Some(Secret::new(INGEST_TOKEN)),
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        finance_token: Some(Secret::new(FINANCE_TOKEN)),
+        outbound_allow: vec!["127.0.0.0/8".parse().unwrap()],
+        shutdown_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    s.dispatch.min_backoff = Duration::from_millis(20);
+    s.dispatch.max_backoff = Duration::from_millis(200);
+    s.dispatch.poll_interval = Duration::from_millis(20);
+    s.dispatch.workers = 8;
+    s
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub database_url: String,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+pub async fn spawn_app(backend: &Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: &Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = fresh_database(backend, dir.path()).await;
+    let mut settings = test_settings(&url, dir.path());
+    tweak(&mut settings);
+    start(settings, dir).await
+}
+
+/// Starts the application with these settings (e.g. again on the same database).
+pub async fn start(settings: Settings, dir: Arc<tempfile::TempDir>) -> TestApp {
+    let app = Application::build(settings.clone())
+        .await
+        .expect("application builds");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run(shutdown.clone()));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        database_url: settings.database_url.clone(),
+        settings,
+        shutdown,
+        handle: Some(handle),
+        dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the application as SIGTERM would and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("app task").expect("app exits cleanly");
+        }
+    }
+
+    pub async fn post_alerts(&self, payload: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/alertmanager"))
+            .bearer_auth(INGEST_TOKEN)
+            .json(payload)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put_channel(&self, user: &str, channel: &str, body: Value) -> reqwest::Response {
+        self.http
+            .put(self.url(&format!("/v1/users/{user}/channels/{channel}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Adds a webhook channel and asserts it was created.
+    pub async fn add_webhook(&self, user: &str, channel: &str, url: &str) {
+        let r = self
+            .put_channel(
+                user,
+                channel,
+                json!({"type": "webhook", "settings": {"url": url}}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn get_text(&self, path: &str, token: &str) -> String {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.text().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get_text("/metrics", ADMIN_TOKEN).await
+    }
+
+    /// The value of one sample in /metrics, 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Waits until no message is pending.
+    pub async fn wait_idle(&self) {
+        eventually("the outbox to drain", || async {
+            self.metric("notimeter_outbox_pending", &[]).await == 0.0
+        })
+        .await;
+    }
+}
+
+/// Reads one sample from Prometheus text (labels must match exactly).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = text.lines().map(|l| Ok::<_, std::io::Error>(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| {
+            s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Polls `check` until it holds, failing the test after 20 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---- fake upstreams ------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: vec![],
+            body: body.to_owned(),
+        }
+    }
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct SinkState {
+    received: Vec<Received>,
+    script: HashMap<String, VecDeque<Reply>>,
+}
+
+/// A local HTTP server that records every request and answers from a script
+/// (per path; `200 ok` once the script is used up), as a webhook receiver or
+/// Slack's incoming-webhook endpoint would.
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<SinkState>>,
+}
+
+async fn sink_handler(
+    State(state): State<Arc<Mutex<SinkState>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let reply = {
+        let mut s = state.lock().unwrap();
+        s.received.push(Received {
+            path: path.clone(),
+            headers,
+            body,
+        });
+        s.script.get_mut(&path).and_then(VecDeque::pop_front)
+    };
+    let reply = reply.unwrap_or_else(|| Reply::new(200, "ok"));
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+impl Sink {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let state = Arc::new(Mutex::new(SinkState::default()));
+        let app = axum::Router::new()
+            .fallback(sink_handler)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Queues replies for `path`, answered in order.
+    pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .entry(path.to_owned())
+            .or_default()
+            .extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    pub async fn wait_for(&self, path: &str, n: usize) -> Vec<Received> {
+        eventually(&format!("{n} request(s) on {path}"), || async {
+            self.received_on(path).len() >= n
+        })
+        .await;
+        self.received_on(path)
+    }
+}
+
+// ---- payloads ------------------------------------------------------------------
+
+/// An alert as Alertmanager sends it.
+pub fn alert(name: &str, user: Option<&str>, fingerprint: &str) -> Value {
+    let mut labels = json!({"alertname": name, "severity": "critical", "instance": "db-1:9100"});
+    if let Some(u) = user {
+        labels["user_id"] = json!(u);
+    }
+    json!({
+        "status": "firing",
+        "labels": labels,
+        "annotations": {"description": format!("{name} on db-1"), "summary": "it is bad"},
+        "startsAt": "2026-11-24T10:00:00.000Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=up",
+        "fingerprint": fingerprint
+    })
+}
+
+/// A webhook v4 payload for `receiver` holding `alerts`.
+pub fn payload(receiver: &str, group_key: &str, alerts: Vec<Value>) -> Value {
+    json!({
+        "version": "4",
+        "groupKey": group_key,
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": receiver,
+        "groupLabels": {"alertname": "high_cpu"},
+        "commonLabels": {"alertname": "high_cpu"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "notification_reason": "new",
+        "alerts": alerts
+    })
+}

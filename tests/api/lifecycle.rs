@@ -1,0 +1,204 @@
+//! The real binary: crash after the 200 still delivers once; SIGTERM exits 0.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+on_both_backends!(
+    killed_after_accept_delivers_once_on_restart,
+    sigterm_exits_cleanly,
+    health_and_readiness
+);
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn write_config(dir: &Path, listen: SocketAddr, database_url: &str) -> std::path::PathBuf {
+    let path = dir.join("notimeter.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"listen = "{listen}"
+database_url = "{database_url}"
+reports_dir = "{reports}"
+ingest_token = "{INGEST_TOKEN}"
+admin_token = "{ADMIN_TOKEN}"
+finance_token = "{FINANCE_TOKEN}"
+outbound_allow = ["127.0.0.0/8"]
+shutdown_timeout = "2s"
+
+[dispatch]
+lease = "2s"
+send_timeout = "1s"
+min_backoff = "300ms"
+max_backoff = "300ms"
+poll_interval = "50ms"
+"#,
+            reports = dir.join("reports").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn spawn_binary(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_notimeter"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env("RUST_LOG", "warn")
+        .env_remove("NOTIMETER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start notimeter")
+}
+
+async fn wait_ready(http: &reqwest::Client, addr: SocketAddr) {
+    eventually("notimeter to be ready", || async {
+        http.get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+async fn killed_after_accept_delivers_once_on_restart(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(&backend, dir.path()).await;
+    let listen = free_addr();
+    let sink_addr = free_addr(); // nothing listens there yet: sends fail and are retried
+    let config = write_config(dir.path(), listen, &url);
+    let http = reqwest::Client::new();
+    let base = format!("http://{listen}");
+
+    let mut first = spawn_binary(&config);
+    wait_ready(&http, listen).await;
+    let r = http
+        .put(format!("{base}/v1/users/u1/channels/hook"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"type": "webhook", "settings": {"url": format!("http://{sink_addr}/u1")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http
+        .post(format!("{base}/v1/alertmanager"))
+        .bearer_auth(INGEST_TOKEN)
+        .json(&payload(
+            "default",
+            "g",
+            vec![alert("high_cpu", Some("u1"), "f1")],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    first.kill().unwrap(); // SIGKILL: no chance to clean up
+    first.wait().unwrap();
+
+    let sink = Sink::start_on(sink_addr).await;
+    let mut second = spawn_binary(&config);
+    wait_ready(&http, listen).await;
+    sink.wait_for("/u1", 1).await;
+    let metrics = || async {
+        http.get(format!("{base}/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    eventually("the message to be final", || async {
+        metric_value(&metrics().await, "notimeter_outbox_pending", &[]) == 0.0
+    })
+    .await;
+    // Longer than a lease, so a wrongly re-claimed message would show.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        sink.received_on("/u1").len(),
+        1,
+        "delivered exactly once after the crash"
+    );
+    let m = metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "notimeter_notifications_total",
+            &[
+                ("user_id", "u1"),
+                ("integration", "webhook"),
+                ("outcome", "delivered")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "notimeter_period_notifications",
+            &[
+                ("user_id", "u1"),
+                ("integration", "webhook"),
+                ("outcome", "delivered")
+            ]
+        ),
+        1.0
+    );
+    terminate(&mut second);
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+async fn sigterm_exits_cleanly(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(&backend, dir.path()).await;
+    let listen = free_addr();
+    let config = write_config(dir.path(), listen, &url);
+    let http = reqwest::Client::new();
+    let mut child = spawn_binary(&config);
+    wait_ready(&http, listen).await;
+    let status = terminate(&mut child);
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        http.get(format!("http://{listen}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no longer listening"
+    );
+}
+
+async fn health_and_readiness(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let h = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["store"],
+        if matches!(backend, Backend::Sqlite) {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    );
+    app.stop().await;
+}

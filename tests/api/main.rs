@@ -1,0 +1,12 @@
+//! Black-box tests: the real router on port 0, a real database, local servers
+//! standing in for the internet. Each test runs on SQLite, and again on
+//! PostgreSQL when NOTIMETER_TEST_POSTGRES_URL is set.
+
+mod helpers;
+
+mod alertmanager;
+mod channels;
+mod delivery;
+mod ingest;
+mod lifecycle;
+mod metering;
