@@ -58,10 +58,45 @@ impl Backend {
     }
 }
 
-/// A fresh database for one test: a SQLite file in `dir`, or a new PostgreSQL database.
-pub async fn fresh_database(backend: &Backend, dir: &std::path::Path) -> String {
+/// A fresh database for one test: a SQLite file in the test's folder, or a new
+/// PostgreSQL database that is dropped again when this is dropped.
+pub struct TestDatabase {
+    pub url: String,
+    postgres: Option<(String, String)>,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop cannot be async: a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&server).await {
+                    let _ = sqlx::Executor::execute(
+                        &mut conn,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn fresh_database(backend: &Backend, dir: &std::path::Path) -> TestDatabase {
     match backend {
-        Backend::Sqlite => format!("sqlite://{}", dir.join("notimeter.db").display()),
+        Backend::Sqlite => TestDatabase {
+            url: format!("sqlite://{}", dir.join("notimeter.db").display()),
+            postgres: None,
+        },
         Backend::Postgres(server) => {
             use sqlx::Connection;
             let name = format!("notimeter_test_{}", uuid::Uuid::new_v4().simple());
@@ -73,7 +108,10 @@ pub async fn fresh_database(backend: &Backend, dir: &std::path::Path) -> String 
                 .expect("create test database");
             let mut url = url::Url::parse(server).expect("valid PostgreSQL URL");
             url.set_path(&name);
-            url.to_string()
+            TestDatabase {
+                url: url.to_string(),
+                postgres: Some((server.clone(), name)),
+            }
         }
     }
 }
@@ -107,6 +145,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     pub dir: Arc<tempfile::TempDir>,
+    database: Option<TestDatabase>,
 }
 
 pub async fn spawn_app(backend: &Backend) -> TestApp {
@@ -115,10 +154,12 @@ pub async fn spawn_app(backend: &Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: &Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let url = fresh_database(backend, dir.path()).await;
-    let mut settings = test_settings(&url, dir.path());
+    let database = fresh_database(backend, dir.path()).await;
+    let mut settings = test_settings(&database.url, dir.path());
     tweak(&mut settings);
-    start(settings, dir).await
+    let mut app = start(settings, dir).await;
+    app.database = Some(database);
+    app
 }
 
 /// Starts the application with these settings (e.g. again on the same database).
@@ -138,6 +179,7 @@ pub async fn start(settings: Settings, dir: Arc<tempfile::TempDir>) -> TestApp {
         shutdown,
         handle: Some(handle),
         dir,
+        database: None,
     }
 }
 
@@ -152,6 +194,7 @@ impl TestApp {
         if let Some(h) = self.handle.take() {
             h.await.expect("app task").expect("app exits cleanly");
         }
+        drop(self.database.take());
     }
 
     pub async fn post_alerts(&self, payload: &Value) -> reqwest::Response {

@@ -72,7 +72,8 @@ async fn wait_ready(http: &reqwest::Client, addr: SocketAddr) {
 
 async fn killed_after_accept_delivers_once_on_restart(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database(&backend, dir.path()).await;
+    let database = fresh_database(&backend, dir.path()).await;
+    let url = database.url.clone();
     let listen = free_addr();
     let sink_addr = free_addr(); // nothing listens there yet: sends fail and are retried
     let config = write_config(dir.path(), listen, &url);
@@ -168,7 +169,8 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 
 async fn sigterm_exits_cleanly(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database(&backend, dir.path()).await;
+    let database = fresh_database(&backend, dir.path()).await;
+    let url = database.url.clone();
     let listen = free_addr();
     let config = write_config(dir.path(), listen, &url);
     let http = reqwest::Client::new();
@@ -201,4 +203,81 @@ async fn health_and_readiness(backend: Backend) {
         }
     );
     app.stop().await;
+}
+
+fn notimeter(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_notimeter"));
+    cmd.args(args)
+        .env_remove("NOTIMETER_CONFIG")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run notimeter")
+}
+
+#[test]
+fn cli_configuration_and_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db");
+    let db_url = format!("sqlite://{}", db.display());
+
+    // `migrate` creates the SQLite file; the environment overrides the file.
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "database_url = \"sqlite:///nonexistent/dir/x.db\"\n",
+    )
+    .unwrap();
+    let out = notimeter(
+        &["--config", config.to_str().unwrap(), "migrate"],
+        &[("NOTIMETER_DATABASE_URL", db_url.clone())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(db.exists());
+    // Idempotent.
+    assert!(
+        notimeter(&["migrate"], &[("NOTIMETER_DATABASE_URL", db_url.clone())])
+            .status
+            .success()
+    );
+
+    // Unknown keys are errors that name the key, in the file and in the environment.
+    std::fs::write(&config, "[billing]\ncurency = \"EUR\"\n").unwrap();
+    let out = notimeter(&["--config", config.to_str().unwrap(), "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("curency"));
+    let out = notimeter(
+        &["migrate"],
+        &[("NOTIMETER_DEDUPE_WINDOW_TYPO", "1s".into())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dedupe_window_typo"));
+    let out = notimeter(&["migrate"], &[("NOTIMETER_DEDUPE_WINDOW", "soon".into())]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .contains("dedupe_window"));
+
+    // An open role on a non-loopback address is refused unless allow_insecure.
+    let out = notimeter(
+        &["serve"],
+        &[
+            ("NOTIMETER_LISTEN", "0.0.0.0:0".into()),
+            ("NOTIMETER_DATABASE_URL", db_url.clone()),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_insecure"));
+
+    // --help on each verb.
+    for verb in ["serve", "migrate"] {
+        let out = notimeter(&[verb, "--help"], &[]);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+    }
 }

@@ -7,6 +7,7 @@ mod helpers;
 mod alertmanager;
 mod channels;
 mod delivery;
+mod deploy;
 mod ingest;
 mod lifecycle;
 mod metering;
