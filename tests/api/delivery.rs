@@ -298,3 +298,97 @@ async fn resolved_alerts_follow_send_resolved(backend: Backend) {
     );
     app.stop().await;
 }
+
+on_both_backends!(two_replicas_fed_by_an_ha_pair_count_each_message_once);
+
+/// Two notimeter processes on one database, each notification posted to both
+/// (as the two members of an Alertmanager HA pair do): every message is
+/// delivered once and counted once across the replicas.
+async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend) {
+    let a = spawn_app(&backend).await;
+    let b = start(a.settings.clone(), a.dir.clone()).await;
+    let sink = Sink::start().await;
+    let users = 4;
+    for u in 0..users {
+        a.add_webhook(&format!("u{u}"), "hook", &sink.url(&format!("/u{u}")))
+            .await;
+    }
+    let notifications = 60;
+    let mut posts = tokio::task::JoinSet::new();
+    for n in 0..notifications {
+        let alerts = (0..users)
+            .map(|u| alert("high_cpu", Some(&format!("u{u}")), &format!("f{n}-{u}")))
+            .collect();
+        let p = payload("default", &format!("group-{n}"), alerts);
+        for replica in [a.url("/v1/alertmanager"), b.url("/v1/alertmanager")] {
+            let (http, p) = (a.http.clone(), p.clone());
+            posts.spawn(async move {
+                let r = http
+                    .post(replica)
+                    .bearer_auth(INGEST_TOKEN)
+                    .json(&p)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.json::<serde_json::Value>().await.unwrap()["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            });
+        }
+    }
+    let mut accepted = 0;
+    while let Some(status) = posts.join_next().await {
+        accepted += usize::from(status.unwrap() == "accepted");
+    }
+    assert_eq!(
+        accepted, notifications,
+        "each notification accepted by exactly one replica"
+    );
+
+    let expected = notifications * users;
+    eventually("every message delivered", || async {
+        sink.received().len() >= expected
+    })
+    .await;
+    a.wait_idle().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let received = sink.received();
+    assert_eq!(received.len(), expected);
+    let mut seen = std::collections::HashSet::new();
+    for r in &received {
+        let p = r.json();
+        assert!(
+            seen.insert((p["groupKey"].to_string(), r.path.clone())),
+            "delivered twice: {} {}",
+            p["groupKey"],
+            r.path
+        );
+    }
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    let mut counted = 0.0;
+    for u in 0..users {
+        let label = [
+            ("user_id", format!("u{u}")),
+            ("integration", "webhook".into()),
+            ("outcome", "delivered".into()),
+        ];
+        let label: Vec<(&str, &str)> = label.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        counted += metric_value(&ma, "notimeter_notifications_total", &label)
+            + metric_value(&mb, "notimeter_notifications_total", &label);
+        assert_eq!(
+            metric_value(&ma, "notimeter_period_notifications", &label),
+            notifications as f64
+        );
+    }
+    assert_eq!(
+        counted, expected as f64,
+        "the replicas' counters add up to the messages, none twice"
+    );
+    let dupes = metric_value(&ma, "notimeter_duplicates_total", &[])
+        + metric_value(&mb, "notimeter_duplicates_total", &[]);
+    assert_eq!(dupes, notifications as f64);
+    b.stop().await;
+    a.stop().await;
+}

@@ -188,6 +188,20 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// Stops the application as SIGTERM would, keeping its database, so that
+    /// it can be inspected and started again.
+    pub async fn stop_keeping_data(mut self) -> StoppedApp {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("app task").expect("app exits cleanly");
+        }
+        StoppedApp {
+            settings: self.settings.clone(),
+            dir: self.dir.clone(),
+            database: self.database.take(),
+        }
+    }
+
     /// Stops the application as SIGTERM would and waits for it.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -271,6 +285,20 @@ impl TestApp {
     }
 }
 
+pub struct StoppedApp {
+    pub settings: Settings,
+    pub dir: Arc<tempfile::TempDir>,
+    database: Option<TestDatabase>,
+}
+
+impl StoppedApp {
+    pub async fn start(self) -> TestApp {
+        let mut app = start(self.settings, self.dir).await;
+        app.database = self.database;
+        app
+    }
+}
+
 /// Reads one sample from Prometheus text (labels must match exactly).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let lines = text.lines().map(|l| Ok::<_, std::io::Error>(l.to_owned()));
@@ -328,6 +356,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Wait this long before answering (a slow or hung destination).
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -336,7 +366,12 @@ impl Reply {
             status,
             headers: vec![],
             body: body.to_owned(),
+            delay: Duration::ZERO,
         }
+    }
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_owned()));
@@ -376,6 +411,7 @@ async fn sink_handler(
         s.script.get_mut(&path).and_then(VecDeque::pop_front)
     };
     let reply = reply.unwrap_or_else(|| Reply::new(200, "ok"));
+    tokio::time::sleep(reply.delay).await;
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     for (name, value) in reply.headers {
         response.headers_mut().insert(name, value.parse().unwrap());

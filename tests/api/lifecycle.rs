@@ -281,3 +281,65 @@ fn cli_configuration_and_migrate() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
     }
 }
+
+on_both_backends!(shutdown_releases_sends_in_flight);
+
+async fn shutdown_releases_sends_in_flight(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| {
+        s.shutdown_timeout = Duration::from_millis(300);
+        s.dispatch.send_timeout = Duration::from_secs(20);
+        s.dispatch.lease = Duration::from_secs(60);
+    })
+    .await;
+    let sink = Sink::start().await;
+    sink.script(
+        "/u1",
+        [Reply::new(200, "ok").after(Duration::from_secs(30))],
+    );
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    app.post_alerts(&payload(
+        "default",
+        "g",
+        vec![alert("high_cpu", Some("u1"), "f1")],
+    ))
+    .await;
+    sink.wait_for("/u1", 1).await; // the send is now in flight, and hangs
+
+    let database_url = app.database_url.clone();
+    let stopped = app.stop_keeping_data().await; // returns once the bound has passed, not after 30 s
+
+    let pool = sqlx::AnyPool::connect(&database_url).await.unwrap();
+    let (state, owner): (String, Option<String>) =
+        sqlx::query_as("SELECT state, lease_owner FROM messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert_eq!(state, "pending");
+    assert_eq!(
+        owner, None,
+        "the lease was released, so the next process takes it at once"
+    );
+
+    let again = stopped.start().await;
+    sink.wait_for("/u1", 2).await;
+    again.wait_idle().await;
+    let delivered = [
+        ("user_id", "u1"),
+        ("integration", "webhook"),
+        ("outcome", "delivered"),
+    ];
+    assert_eq!(
+        again
+            .metric("notimeter_notifications_total", &delivered)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        again
+            .metric("notimeter_period_notifications", &delivered)
+            .await,
+        1.0
+    );
+    again.stop().await;
+}
