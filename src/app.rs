@@ -99,6 +99,10 @@ impl Application {
                 settings.listen
             );
         }
+        let registry = Registry::standard(&settings);
+        settings
+            .check_integration_names(registry.names())
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let store = open_store(&settings).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -107,7 +111,7 @@ impl Application {
             metrics: Arc::new(Metrics::new(settings.max_user_series)),
             settings: Arc::new(settings),
             store,
-            registry: Registry::standard(),
+            registry,
             wake: Arc::new(Notify::new()),
         };
         Ok(Self { listener, state })
@@ -128,20 +132,13 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state;
         let settings = state.settings.clone();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("notimeter/", env!("CARGO_PKG_VERSION")))
-            .timeout(settings.dispatch.send_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("building the HTTP client")?;
+        let ctx = SendContext::new(settings.clone()).context("building the HTTP client")?;
         let dispatcher = Arc::new(Dispatcher::new(
             state.store.clone(),
             state.registry.clone(),
-            Arc::new(SendContext {
-                http,
-                settings: settings.clone(),
-            }),
+            Arc::new(ctx),
             settings.dispatch.clone(),
+            settings.limits.clone(),
             state.metrics.clone(),
             state.wake.clone(),
         ));

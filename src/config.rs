@@ -63,6 +63,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub dispatch: DispatchSettings,
+    pub limits: LimitSettings,
     pub smtp: SmtpSettings,
     pub sms: SmsSettings,
     pub billing: BillingSettings,
@@ -86,6 +87,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Plain,
             dispatch: DispatchSettings::default(),
+            limits: LimitSettings::default(),
             smtp: SmtpSettings::default(),
             sms: SmsSettings::default(),
             billing: BillingSettings::default(),
@@ -123,6 +125,18 @@ pub struct DispatchSettings {
     /// How often idle workers look for due retries.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Least time between two sends to one destination (a Slack webhook, a
+    /// Telegram chat), by integration. Other destinations are not held back.
+    pub pace: BTreeMap<String, humantime_serde::Serde<Duration>>,
+}
+
+impl DispatchSettings {
+    pub fn pace_for(&self, integration: &str) -> Duration {
+        self.pace
+            .get(integration)
+            .map(|d| **d)
+            .unwrap_or(Duration::ZERO)
+    }
 }
 
 impl Default for DispatchSettings {
@@ -138,7 +152,45 @@ impl Default for DispatchSettings {
             max_backoff: Duration::from_secs(300),
             max_retry_after: Duration::from_secs(600),
             poll_interval: Duration::from_millis(500),
+            pace: [("slack", 1), ("telegram", 1)]
+                .into_iter()
+                .map(|(k, secs)| (k.to_owned(), Duration::from_secs(secs).into()))
+                .collect(),
         }
+    }
+}
+
+/// Per-user plan limits, like Grafana Mimir's per-tenant notification rate
+/// limits: at most N messages per `interval` for a user and integration. A
+/// message over its limit fails with reason rateLimited and is never sent.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Limits for every user, by integration (absent: unlimited).
+    pub default: BTreeMap<String, u32>,
+    /// Per-user overrides, by user_id then integration.
+    pub users: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(3600),
+            default: BTreeMap::new(),
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitSettings {
+    pub fn limit(&self, user_id: &str, integration: &str) -> Option<u32> {
+        self.users
+            .get(user_id)
+            .and_then(|m| m.get(integration))
+            .or_else(|| self.default.get(integration))
+            .copied()
     }
 }
 
@@ -245,8 +297,51 @@ impl Settings {
         if d.max_attempts == 0 {
             return Err("dispatch.max_attempts must be at least 1".into());
         }
+        if self.limits.interval.is_zero() {
+            return Err("limits.interval must be longer than 0s".into());
+        }
         if self.max_user_series == 0 {
             return Err("max_user_series must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Integration names used as keys in `dispatch.pace`, `limits` and
+    /// `billing.prices`, checked against the integrations this build knows.
+    pub fn check_integration_names<'a>(
+        &self,
+        known: impl Iterator<Item = &'a str> + Clone,
+    ) -> Result<(), String> {
+        let mut used: Vec<(&str, &str)> = Vec::new();
+        used.extend(
+            self.dispatch
+                .pace
+                .keys()
+                .map(|k| ("dispatch.pace", k.as_str())),
+        );
+        used.extend(
+            self.limits
+                .default
+                .keys()
+                .map(|k| ("limits.default", k.as_str())),
+        );
+        for m in self.limits.users.values() {
+            used.extend(m.keys().map(|k| ("limits.users", k.as_str())));
+        }
+        used.extend(
+            self.billing
+                .prices
+                .keys()
+                .map(|k| ("billing.prices", k.as_str())),
+        );
+        for (section, name) in used {
+            if !known.clone().any(|k| k == name) {
+                let known: Vec<&str> = known.clone().collect();
+                return Err(format!(
+                    "{section}: unknown integration {name:?}; known: {}",
+                    known.join(", ")
+                ));
+            }
         }
         Ok(())
     }

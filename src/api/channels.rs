@@ -91,11 +91,13 @@ pub async fn put(
             }
         }
     }
+    let guard = crate::dispatch::guard::Guard::new(state.settings.outbound_allow.clone());
     integration
         .validate(
             &spec.settings,
             &ValidateContext {
                 settings: &state.settings,
+                guard: &guard,
             },
         )
         .map_err(ApiError::Unprocessable)?;

@@ -1,14 +1,10 @@
-//! What HTTP integrations share: posting JSON, classifying the answer into
-//! Alertmanager's failure reasons, reading `Retry-After`, and the outbound guard
-//! for user-supplied URLs.
+//! What HTTP integrations share: sending, classifying the answer into
+//! Alertmanager's failure reasons, and reading `Retry-After`.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
-use url::{Host, Url};
 
 use super::{Reason, SendError, Sent};
 
@@ -35,7 +31,9 @@ pub fn classify_status(status: StatusCode) -> (Reason, bool) {
     }
 }
 
-/// A transport error with its cause chain, stripped of its URL (which may be a secret).
+/// A transport error with its cause chain, stripped of its URL (which may be a
+/// secret). A refusal by the outbound guard is permanent; anything else may
+/// pass on a retry.
 pub fn transport_error(err: reqwest::Error) -> SendError {
     let reason = if err.is_timeout() {
         Reason::ContextDeadlineExceeded
@@ -44,11 +42,16 @@ pub fn transport_error(err: reqwest::Error) -> SendError {
     };
     let err = err.without_url();
     let mut detail = err.to_string();
+    let mut guarded = false;
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
+        guarded |= cause.downcast_ref::<super::guard::Refused>().is_some();
         detail.push_str(": ");
         detail.push_str(&cause.to_string());
         source = cause.source();
+    }
+    if guarded {
+        return SendError::permanent(Reason::ClientError, detail);
     }
     SendError {
         reason,
@@ -59,115 +62,75 @@ pub fn transport_error(err: reqwest::Error) -> SendError {
     }
 }
 
+/// An HTTP answer, read whole (bodies here are small).
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The answer as a failure, classified by status alone.
+    pub fn error(&self) -> SendError {
+        let (reason, retryable) = classify_status(self.status);
+        SendError {
+            reason,
+            retryable,
+            retry_after: self.retry_after,
+            status: Some(self.status.as_u16()),
+            detail: format!("unexpected status {}: {}", self.status, self.snippet()),
+        }
+    }
+
+    pub fn snippet(&self) -> String {
+        self.body.chars().take(200).collect()
+    }
+
+    pub fn sent(&self) -> Sent {
+        Sent {
+            status: Some(self.status.as_u16()),
+            segments: None,
+        }
+    }
+}
+
+/// Sends a request; only transport failures are errors here.
+pub async fn exchange(request: RequestBuilder) -> Result<Answer, SendError> {
+    let response = request.send().await.map_err(transport_error)?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = response.text().await.unwrap_or_default();
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 /// Sends a request and turns the answer into [`Sent`] or a classified [`SendError`].
 /// `check_body` may reject a 2xx answer by its body (Slack answers 200 to some errors).
 pub async fn send(
     request: RequestBuilder,
     check_body: impl FnOnce(&str) -> Result<(), String>,
 ) -> Result<Sent, SendError> {
-    let response = request.send().await.map_err(transport_error)?;
-    let status = response.status();
-    let hint = retry_after(response.headers());
-    let body = response.text().await.unwrap_or_default();
-    let snippet: String = body.chars().take(200).collect();
-    if status.is_success() {
-        return check_body(&body)
-            .map(|()| Sent {
-                status: Some(status.as_u16()),
-            })
-            .map_err(|detail| SendError {
-                reason: Reason::ClientError,
-                retryable: false,
-                retry_after: None,
-                status: Some(status.as_u16()),
-                detail,
-            });
+    let answer = exchange(request).await?;
+    if !answer.status.is_success() {
+        return Err(answer.error());
     }
-    let (reason, retryable) = classify_status(status);
-    Err(SendError {
-        reason,
-        retryable,
-        retry_after: hint,
-        status: Some(status.as_u16()),
-        detail: format!("unexpected status {status}: {snippet}"),
-    })
-}
-
-fn is_forbidden_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10 CGNAT
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_forbidden_ip(IpAddr::V4(v4)))
-        }
-    }
-}
-
-/// Checks a user-supplied URL when a channel is saved: http(s) only, and no
-/// loopback, private, link-local or metadata address unless `allow` lists it.
-pub fn check_url(raw: &str, allow: &[IpNet]) -> Result<Url, String> {
-    let url = Url::parse(raw).map_err(|e| format!("invalid URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "URL scheme {:?} is not http or https",
-            url.scheme()
-        ));
-    }
-    let ip = match url.host() {
-        Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
-        Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
-        Some(Host::Domain(d)) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            if d == "localhost" || d.ends_with(".localhost") || d == "metadata.google.internal" {
-                return Err(format!("URL host {d:?} is a local or metadata address"));
-            }
-            return Ok(url);
-        }
-        None => return Err("URL has no host".into()),
-    };
-    if is_forbidden_ip(ip) && !allow.iter().any(|net| net.contains(&ip)) {
-        return Err(format!(
-            "URL address {ip} is loopback, private or link-local; an operator can allow it with outbound_allow"
-        ));
-    }
-    Ok(url)
+    check_body(&answer.body)
+        .map(|()| answer.sent())
+        .map_err(|detail| SendError {
+            reason: Reason::ClientError,
+            retryable: false,
+            retry_after: None,
+            status: Some(answer.status.as_u16()),
+            detail,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn guard() {
-        let none: Vec<IpNet> = vec![];
-        assert!(check_url("https://hooks.slack.com/services/x", &none).is_ok());
-        for bad in [
-            "http://127.0.0.1:8080/",
-            "http://10.1.2.3/",
-            "http://169.254.169.254/latest/meta-data",
-            "http://[::1]/",
-            "http://[fd00::1]/",
-            "http://localhost/",
-            "ftp://example.com/",
-            "not a url",
-        ] {
-            assert!(check_url(bad, &none).is_err(), "{bad}");
-        }
-        let allow: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
-        assert!(check_url("http://127.0.0.1:8080/", &allow).is_ok());
-        assert!(check_url("http://10.1.2.3/", &allow).is_err());
-    }
 
     #[test]
     fn status_classes() {

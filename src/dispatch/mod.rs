@@ -4,9 +4,15 @@
 //! Adding an integration is one new file implementing [`Integration`] and one
 //! line in [`Registry::standard`]; the store, the API and the worker need no change.
 
+pub mod email;
+pub mod guard;
 mod http;
+pub mod limits;
+pub mod pace;
 pub mod retry;
 pub mod slack;
+pub mod sms;
+pub mod telegram;
 pub mod template;
 pub mod webhook;
 pub mod worker;
@@ -91,17 +97,56 @@ impl SendError {
 #[derive(Clone, Debug, Default)]
 pub struct Sent {
     pub status: Option<u16>,
+    /// SMS segments used, where the integration counts them.
+    pub segments: Option<i64>,
 }
 
-/// What an integration gets to send with: shared HTTP client and global settings.
+/// What an integration gets to send with: the shared HTTP client (which
+/// resolves and redirects through the outbound guard) and global settings.
 pub struct SendContext {
     pub http: reqwest::Client,
     pub settings: Arc<Settings>,
+    pub guard: guard::Guard,
+}
+
+impl SendContext {
+    pub fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
+        let guard = guard::Guard::new(settings.outbound_allow.clone());
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("notimeter/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.dispatch.send_timeout)
+            .dns_resolver(Arc::new(guard.clone()))
+            .redirect(guard.redirect_policy())
+            .build()?;
+        Ok(Self {
+            http,
+            settings,
+            guard,
+        })
+    }
+
+    /// Checks a user-supplied URL again at send time.
+    pub fn checked_url(&self, raw: &str) -> Result<url::Url, SendError> {
+        self.guard
+            .check_url(raw)
+            .map_err(|e| SendError::permanent(Reason::ClientError, format!("outbound guard: {e}")))
+    }
 }
 
 /// Settings checks that need the operator's configuration (outbound guard).
 pub struct ValidateContext<'a> {
     pub settings: &'a Settings,
+    pub guard: &'a guard::Guard,
+}
+
+impl ValidateContext<'_> {
+    /// Checks a user-supplied URL setting, naming it in the error.
+    pub fn url(&self, field: &str, raw: &str) -> Result<(), String> {
+        self.guard
+            .check_url(raw)
+            .map(drop)
+            .map_err(|e| format!("settings.{field}: {e}"))
+    }
 }
 
 #[async_trait]
@@ -112,6 +157,12 @@ pub trait Integration: Send + Sync {
     fn secret_fields(&self) -> &'static [&'static str];
     /// Checks a channel's settings when it is saved.
     fn validate(&self, settings: &Value, ctx: &ValidateContext<'_>) -> Result<(), String>;
+    /// The destination sends are paced per (`dispatch.pace`), if any: e.g. one
+    /// Slack webhook, one Telegram chat. Hashed, so no secret is kept in it.
+    fn destination(&self, _settings: &Value) -> Option<String> {
+        None
+    }
+
     /// Sends one message.
     async fn send(
         &self,
@@ -128,9 +179,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn standard() -> Self {
-        let all: Vec<Arc<dyn Integration>> =
-            vec![Arc::new(webhook::Webhook), Arc::new(slack::Slack)];
+    /// Every integration of this build; global settings configure email and SMS.
+    pub fn standard(settings: &Settings) -> Self {
+        let all: Vec<Arc<dyn Integration>> = vec![
+            Arc::new(webhook::Webhook),
+            Arc::new(slack::Slack),
+            Arc::new(telegram::Telegram),
+            Arc::new(email::Email::new(
+                &settings.smtp,
+                settings.dispatch.send_timeout,
+            )),
+            Arc::new(sms::Sms),
+        ];
         Self {
             by_name: all.into_iter().map(|i| (i.name(), i)).collect(),
         }
@@ -140,7 +200,7 @@ impl Registry {
         self.by_name.get(name)
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + Clone + '_ {
         self.by_name.keys().copied()
     }
 }
@@ -148,6 +208,17 @@ impl Registry {
 /// Deserialises an integration's settings, saying which field is wrong.
 pub fn parse_settings<T: DeserializeOwned>(settings: &Value) -> Result<T, String> {
     T::deserialize(settings).map_err(|e| format!("settings: {e}"))
+}
+
+/// A stable, non-reversible key for a destination built from secret parts.
+pub fn destination_key(integration: &str, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    format!("{integration}:{}", hex::encode(&h.finalize()[..12]))
 }
 
 /// Replaces the secret fields of `settings` with `"<secret>"`.

@@ -98,9 +98,12 @@ impl Integration for Slack {
 
     fn validate(&self, settings: &Value, ctx: &ValidateContext<'_>) -> Result<(), String> {
         let s: Settings = parse_settings(settings)?;
-        http::check_url(&s.api_url, &ctx.settings.outbound_allow)
-            .map_err(|e| format!("settings.api_url: {e}"))?;
-        Ok(())
+        ctx.url("api_url", &s.api_url)
+    }
+
+    fn destination(&self, settings: &Value) -> Option<String> {
+        let s: Settings = parse_settings(settings).ok()?;
+        Some(super::destination_key("slack", &[&s.api_url]))
     }
 
     async fn send(
@@ -111,8 +114,7 @@ impl Integration for Slack {
     ) -> Result<Sent, SendError> {
         let s: Settings =
             parse_settings(settings).map_err(|e| SendError::permanent(Reason::Other, e))?;
-        let url = http::check_url(&s.api_url, &ctx.settings.outbound_allow)
-            .map_err(|e| SendError::permanent(Reason::ClientError, e))?;
+        let url = ctx.checked_url(&s.api_url)?;
         let body = message(payload, s.channel, s.username);
         http::send(ctx.http.post(url).json(&body), check_body).await
     }

@@ -1,11 +1,15 @@
 //! Generic webhook: posts Alertmanager's v4 payload holding only the message's
 //! (so one user's) alerts, optionally with bearer or basic auth and `max_alerts`.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{http, parse_settings, Integration, SendContext, SendError, Sent, ValidateContext};
+use super::{
+    http, parse_settings, Integration, Reason, SendContext, SendError, Sent, ValidateContext,
+};
 use crate::domain::WebhookPayload;
 
 pub struct Webhook;
@@ -33,14 +37,37 @@ struct Settings {
 }
 
 /// The payload to send: at most `max_alerts` alerts, the rest counted.
-fn truncate(payload: &WebhookPayload, max_alerts: usize) -> std::borrow::Cow<'_, WebhookPayload> {
+fn truncate(payload: &WebhookPayload, max_alerts: usize) -> Cow<'_, WebhookPayload> {
     if max_alerts == 0 || payload.alerts.len() <= max_alerts {
-        return std::borrow::Cow::Borrowed(payload);
+        return Cow::Borrowed(payload);
     }
     let mut p = payload.clone();
     p.truncated_alerts = (p.alerts.len() - max_alerts) as u64;
     p.alerts.truncate(max_alerts);
-    std::borrow::Cow::Owned(p)
+    Cow::Owned(p)
+}
+
+pub(crate) enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    Basic(&'a str, &'a str),
+}
+
+/// Posts an Alertmanager v4 payload to a user-supplied URL (also Telegram's relay form).
+pub(crate) async fn post_payload(
+    ctx: &SendContext,
+    raw_url: &str,
+    payload: &WebhookPayload,
+    auth: Auth<'_>,
+) -> Result<Sent, SendError> {
+    let url = ctx.checked_url(raw_url)?;
+    let mut request = ctx.http.post(url).json(payload);
+    match auth {
+        Auth::None => {}
+        Auth::Bearer(token) => request = request.bearer_auth(token),
+        Auth::Basic(user, password) => request = request.basic_auth(user, Some(password)),
+    }
+    http::send(request, |_| Ok(())).await
 }
 
 #[async_trait]
@@ -55,8 +82,7 @@ impl Integration for Webhook {
 
     fn validate(&self, settings: &Value, ctx: &ValidateContext<'_>) -> Result<(), String> {
         let s: Settings = parse_settings(settings)?;
-        http::check_url(&s.url, &ctx.settings.outbound_allow)
-            .map_err(|e| format!("settings.url: {e}"))?;
+        ctx.url("url", &s.url)?;
         if s.bearer_token.is_some() && s.basic_auth.is_some() {
             return Err("settings: bearer_token and basic_auth are mutually exclusive".into());
         }
@@ -70,15 +96,12 @@ impl Integration for Webhook {
         payload: &WebhookPayload,
     ) -> Result<Sent, SendError> {
         let s: Settings =
-            parse_settings(settings).map_err(|e| SendError::permanent(super::Reason::Other, e))?;
-        let url = http::check_url(&s.url, &ctx.settings.outbound_allow)
-            .map_err(|e| SendError::permanent(super::Reason::ClientError, e))?;
-        let mut request = ctx.http.post(url).json(&*truncate(payload, s.max_alerts));
-        if let Some(token) = &s.bearer_token {
-            request = request.bearer_auth(token);
-        } else if let Some(auth) = &s.basic_auth {
-            request = request.basic_auth(&auth.username, Some(&auth.password));
-        }
-        http::send(request, |_| Ok(())).await
+            parse_settings(settings).map_err(|e| SendError::permanent(Reason::Other, e))?;
+        let auth = match (&s.bearer_token, &s.basic_auth) {
+            (Some(token), _) => Auth::Bearer(token),
+            (None, Some(b)) => Auth::Basic(&b.username, &b.password),
+            (None, None) => Auth::None,
+        };
+        post_payload(ctx, &s.url, &truncate(payload, s.max_alerts), auth).await
     }
 }

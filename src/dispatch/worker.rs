@@ -12,10 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::limits::PlanLimits;
+use super::pace::Pacer;
 use super::retry::RetryPolicy;
-use super::{Reason, Registry, SendContext, SendError, Sent};
+use super::{Integration, Reason, Registry, SendContext, SendError, Sent};
 use crate::clock::{duration_ms, now_ms};
-use crate::config::DispatchSettings;
+use crate::config::{DispatchSettings, LimitSettings};
 use crate::domain::{ChannelSpec, WebhookPayload};
 use crate::metering::Metrics;
 use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Store};
@@ -30,6 +32,25 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     in_flight: Mutex<HashSet<i64>>,
+    pacer: Pacer,
+    limits: PlanLimits,
+}
+
+/// What became of one claimed message this round.
+enum Step {
+    Sent(Sent),
+    Failed(SendError),
+    /// Over the user's plan limit: final, and never sent.
+    OverLimit(String),
+    /// Pacing reserved a later slot; back to the outbox until then.
+    Deferred(i64),
+}
+
+/// A message ready to send: its integration, settings and payload.
+struct Prepared {
+    integration: Arc<dyn Integration>,
+    settings: serde_json::Value,
+    payload: WebhookPayload,
 }
 
 /// An attempt's record plus what the metrics need once it is stored.
@@ -44,6 +65,7 @@ impl Dispatcher {
         registry: Registry,
         ctx: Arc<SendContext>,
         settings: DispatchSettings,
+        limits: LimitSettings,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Self {
@@ -57,6 +79,8 @@ impl Dispatcher {
             metrics,
             wake,
             in_flight: Mutex::new(HashSet::new()),
+            pacer: Pacer::default(),
+            limits: PlanLimits::new(limits),
         }
     }
 
@@ -143,13 +167,18 @@ impl Dispatcher {
         info!("dispatcher stopped");
     }
 
-    async fn send(&self, msg: &ClaimedMessage) -> Result<Sent, SendError> {
-        let integration = self.registry.get(&msg.integration).ok_or_else(|| {
-            SendError::permanent(
-                Reason::Other,
-                format!("unknown integration {:?}", msg.integration),
-            )
-        })?;
+    /// Loads what a send needs; failures here are permanent, but for a store error.
+    async fn prepare(&self, msg: &ClaimedMessage) -> Result<Prepared, SendError> {
+        let integration = self
+            .registry
+            .get(&msg.integration)
+            .cloned()
+            .ok_or_else(|| {
+                SendError::permanent(
+                    Reason::Other,
+                    format!("unknown integration {:?}", msg.integration),
+                )
+            })?;
         let channel = self
             .store
             .get_channel(&msg.user_id, &msg.channel_id)
@@ -174,14 +203,50 @@ impl Dispatcher {
         let payload: WebhookPayload = serde_json::from_str(&msg.payload).map_err(|e| {
             SendError::permanent(Reason::Other, format!("stored message is corrupt: {e}"))
         })?;
-        match tokio::time::timeout(
+        Ok(Prepared {
+            integration,
+            settings: spec.settings,
+            payload,
+        })
+    }
+
+    /// Plan limit (on a message's first try), pacing, then the send itself.
+    async fn step(&self, msg: &ClaimedMessage) -> Step {
+        let p = match self.prepare(msg).await {
+            Ok(p) => p,
+            Err(e) => return Step::Failed(e),
+        };
+        let now = Instant::now();
+        if msg.attempts == 0 && !msg.paced {
+            if let Err(limit) = self.limits.admit(&msg.user_id, &msg.integration, now) {
+                return Step::OverLimit(self.limits.describe(limit, &msg.integration));
+            }
+        }
+        let destination = p.integration.destination(&p.settings);
+        let pace = self.settings.pace_for(&msg.integration);
+        if let (Some(key), false, false) = (&destination, pace.is_zero(), msg.paced) {
+            let slot = self.pacer.reserve(key, pace, now);
+            let wait = slot.saturating_duration_since(now);
+            if wait > Duration::from_millis(5) {
+                return Step::Deferred(now_ms() + duration_ms(wait));
+            }
+        }
+        let sent = tokio::time::timeout(
             self.settings.send_timeout,
-            integration.send(&self.ctx, &spec.settings, &payload),
+            p.integration.send(&self.ctx, &p.settings, &p.payload),
         )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(SendError {
+        .await;
+        match sent {
+            Ok(Ok(sent)) => Step::Sent(sent),
+            Ok(Err(e)) => {
+                if let (Some(key), Some(hint)) = (&destination, e.retry_after) {
+                    // The destination asked everyone to wait, not just this message.
+                    self.pacer
+                        .hold(key, Instant::now() + hint.min(self.policy.max_retry_after));
+                }
+                Step::Failed(e)
+            }
+            Err(_) => Step::Failed(SendError {
                 reason: Reason::ContextDeadlineExceeded,
                 retryable: true,
                 retry_after: None,
@@ -194,12 +259,32 @@ impl Dispatcher {
     async fn deliver(&self, msg: ClaimedMessage) -> Finished {
         let started_at = now_ms();
         let clock = Instant::now();
-        let result = self.send(&msg).await;
+        let step = self.step(&msg).await;
         let finished_at = now_ms();
         let attempt = msg.attempts + 1;
-        let (outcome, result_label, status_code, error) = match result {
-            Ok(sent) => (Outcome::Delivered, "success".to_owned(), sent.status, None),
-            Err(e) => {
+        let mut attempted = true;
+        let mut segments = None;
+        let (outcome, result_label, status_code, error) = match step {
+            Step::Sent(sent) => {
+                segments = sent.segments;
+                (Outcome::Delivered, "success".to_owned(), sent.status, None)
+            }
+            Step::Deferred(due_at) => {
+                attempted = false;
+                debug!(message_id = msg.id, due_at, "paced: deferred to its slot");
+                (Outcome::Defer { due_at }, String::new(), None, None)
+            }
+            Step::OverLimit(why) => {
+                attempted = false;
+                warn!(message_id = msg.id, user_id = %msg.user_id, integration = %msg.integration, "{why}");
+                (
+                    Outcome::Failed,
+                    Reason::RateLimited.as_str().to_owned(),
+                    None,
+                    Some(why),
+                )
+            }
+            Step::Failed(e) => {
                 let age = Duration::from_millis((finished_at - msg.created_at).max(0) as u64);
                 let retry = e
                     .retryable
@@ -236,6 +321,8 @@ impl Dispatcher {
                 result: result_label,
                 status_code: status_code.map(i64::from),
                 error,
+                segments,
+                attempted,
                 outcome,
                 finished_at,
             },
@@ -291,14 +378,16 @@ impl Dispatcher {
             );
             return;
         }
-        self.metrics
-            .delivery_attempts
-            .with_label_values(&[r.integration.as_str(), r.result.as_str()])
-            .inc();
+        if r.attempted {
+            self.metrics
+                .delivery_attempts
+                .with_label_values(&[r.integration.as_str(), r.result.as_str()])
+                .inc();
+        }
         let outcome = match r.outcome {
             Outcome::Delivered => "delivered",
             Outcome::Failed => "failed",
-            Outcome::Retry { .. } => return,
+            Outcome::Retry { .. } | Outcome::Defer { .. } => return,
         };
         let user = self.metrics.user_label(&r.user_id);
         self.metrics

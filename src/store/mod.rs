@@ -118,13 +118,21 @@ pub struct ClaimedMessage {
     pub created_at: Millis,
     /// Attempts made before this one.
     pub attempts: i64,
+    /// Deferred by pacing into a reserved slot: send now, without waiting again.
+    pub paced: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
     Failed,
-    Retry { due_at: Millis },
+    Retry {
+        due_at: Millis,
+    },
+    /// Not sent yet: pacing reserved a later slot for it. Not an attempt.
+    Defer {
+        due_at: Millis,
+    },
 }
 
 /// One finished attempt and what it means for its message.
@@ -140,6 +148,11 @@ pub struct AttemptRecord {
     pub result: String,
     pub status_code: Option<i64>,
     pub error: Option<String>,
+    /// SMS segments used, where the integration counts them.
+    pub segments: Option<i64>,
+    /// False when nothing was sent (a plan limit refused it, or pacing
+    /// deferred it): no attempt row is stored and no attempt counted.
+    pub attempted: bool,
     pub outcome: Outcome,
     pub finished_at: Millis,
 }

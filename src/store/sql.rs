@@ -238,6 +238,7 @@ impl Store {
                     payload: row.try_get("payload")?,
                     created_at: row.try_get("created_at")?,
                     attempts: row.try_get("attempts")?,
+                    paced: row.try_get::<i64, _>("paced")? != 0,
                 })
             })
             .collect()
@@ -278,15 +279,31 @@ impl Store {
         let mut period: Option<String> = None;
         let mut applied = Vec::with_capacity(records.len());
         for r in records {
+            let attempts = if r.attempted {
+                r.attempt
+            } else {
+                r.attempt - 1
+            };
+            let reason = (r.result != "success").then_some(&r.result);
             let updated = match r.outcome {
+                Outcome::Defer { due_at } => sqlx::query(
+                    "UPDATE messages SET due_at = $1, paced = 1, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $2 AND state = 'pending' AND lease_owner = $3",
+                )
+                .bind(due_at)
+                .bind(r.message_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
                 Outcome::Retry { due_at } => sqlx::query(
                     "UPDATE messages SET attempts = $1, due_at = $2, last_reason = $3, last_error = $4, \
-                       lease_owner = NULL, lease_until = NULL \
+                       paced = 0, lease_owner = NULL, lease_until = NULL \
                      WHERE id = $5 AND state = 'pending' AND lease_owner = $6",
                 )
-                .bind(r.attempt)
+                .bind(attempts)
                 .bind(due_at)
-                .bind(&r.result)
+                .bind(reason)
                 .bind(&r.error)
                 .bind(r.message_id)
                 .bind(owner)
@@ -300,13 +317,13 @@ impl Store {
                     let state = if r.outcome == Outcome::Delivered { "delivered" } else { "failed" };
                     sqlx::query(
                         "UPDATE messages SET state = $1, attempts = $2, final_at = $3, last_reason = $4, \
-                           last_error = $5, period_id = $6, lease_owner = NULL, lease_until = NULL \
+                           last_error = $5, period_id = $6, paced = 0, lease_owner = NULL, lease_until = NULL \
                          WHERE id = $7 AND state = 'pending' AND lease_owner = $8",
                     )
                     .bind(state)
-                    .bind(r.attempt)
+                    .bind(attempts)
                     .bind(r.finished_at)
-                    .bind((r.result != "success").then_some(&r.result))
+                    .bind(reason)
                     .bind(&r.error)
                     .bind(period.as_deref())
                     .bind(r.message_id)
@@ -320,20 +337,23 @@ impl Store {
                 applied.push(false);
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(r.message_id)
-            .bind(r.attempt)
-            .bind(r.started_at)
-            .bind(r.duration_ms)
-            .bind(&r.result)
-            .bind(r.status_code)
-            .bind(&r.error)
-            .execute(&mut *tx)
-            .await?;
-            if !matches!(r.outcome, Outcome::Retry { .. }) {
+            if r.attempted {
+                sqlx::query(
+                    "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(r.message_id)
+                .bind(r.attempt)
+                .bind(r.started_at)
+                .bind(r.duration_ms)
+                .bind(&r.result)
+                .bind(r.status_code)
+                .bind(&r.error)
+                .bind(r.segments)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if matches!(r.outcome, Outcome::Delivered | Outcome::Failed) {
                 let (d, f) = if r.outcome == Outcome::Delivered {
                     (1_i64, 0_i64)
                 } else {

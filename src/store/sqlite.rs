@@ -74,7 +74,7 @@ impl Backend for Sqlite {
                       WHERE state = 'pending' AND due_at <= $3 \
                         AND (lease_until IS NULL OR lease_until <= $3) \
                       ORDER BY due_at LIMIT $4) \
-         RETURNING id, user_id, channel_id, integration, payload, created_at, attempts"
+         RETURNING id, user_id, channel_id, integration, payload, created_at, attempts, paced"
     }
 }
 
