@@ -259,10 +259,14 @@ impl Integration for Telegram {
             .map_err(|e| SendError::permanent(Reason::Other, e))?;
         let text = message_text(payload, s.parse_mode.as_deref())
             .map_err(|e| SendError::permanent(Reason::Other, e))?;
-        let base = ctx.checked_url(s.api_url.as_deref().unwrap_or(DEFAULT_API_URL))?;
-        let url = base.join(&format!("bot{token}/sendMessage")).map_err(|e| {
-            SendError::permanent(Reason::ClientError, format!("settings.api_url: {e}"))
-        })?;
+        // Bot tokens hold a colon: build the path by hand, not with Url::join
+        // (which would read `123:` as a scheme).
+        let base = s
+            .api_url
+            .as_deref()
+            .unwrap_or(DEFAULT_API_URL)
+            .trim_end_matches('/');
+        let url = ctx.checked_url(&format!("{base}/bot{token}/sendMessage"))?;
         let mut body = json!({
             "chat_id": chat_id,
             "text": text,

@@ -343,6 +343,7 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -383,6 +384,7 @@ impl Reply {
 struct SinkState {
     received: Vec<Received>,
     script: HashMap<String, VecDeque<Reply>>,
+    default: Option<Reply>,
 }
 
 /// A local HTTP server that records every request and answers from a script
@@ -407,8 +409,12 @@ async fn sink_handler(
             path: path.clone(),
             headers,
             body,
+            at: std::time::Instant::now(),
         });
-        s.script.get_mut(&path).and_then(VecDeque::pop_front)
+        s.script
+            .get_mut(&path)
+            .and_then(VecDeque::pop_front)
+            .or_else(|| s.default.clone())
     };
     let reply = reply.unwrap_or_else(|| Reply::new(200, "ok"));
     tokio::time::sleep(reply.delay).await;
@@ -437,6 +443,11 @@ impl Sink {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The answer once a path's script is used up (else `200 ok`).
+    pub fn default_reply(&self, reply: Reply) {
+        self.state.lock().unwrap().default = Some(reply);
     }
 
     /// Queues replies for `path`, answered in order.
@@ -468,6 +479,110 @@ impl Sink {
         .await;
         self.received_on(path)
     }
+}
+
+/// A real SMTP server (tests/smtp_server.py on aiosmtpd); `None` when Debian's
+/// python3-aiosmtpd is not installed.
+pub struct SmtpServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One message the SMTP server accepted.
+#[derive(Debug, serde::Deserialize)]
+pub struct Mail {
+    pub mail_from: String,
+    pub rcpt_tos: Vec<String>,
+    pub data: String,
+}
+
+impl SmtpServer {
+    pub async fn start() -> Option<Self> {
+        use std::io::BufRead;
+        let python = "/usr/bin/python3";
+        let has_aiosmtpd = std::process::Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has_aiosmtpd {
+            eprintln!("skipped: aiosmtpd is not installed (apt-get install python3-aiosmtpd)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_server.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the SMTP server");
+        let stdout = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(ready.trim(), "ready");
+        Some(Self { port, dir, child })
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .map(|e| (e.metadata().unwrap().modified().unwrap(), e.path()))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(_, p)| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    pub async fn wait_for(&self, n: usize) -> Vec<Mail> {
+        eventually(&format!("{n} mail(s)"), || async {
+            self.mails().len() >= n
+        })
+        .await;
+        self.mails()
+    }
+
+    /// Settings pointing notimeter at this server.
+    pub fn configure(&self, s: &mut Settings) {
+        s.smtp.smarthost = Some(format!("127.0.0.1:{}", self.port));
+        s.smtp.from = Some("notimeter@example.com".into());
+        s.smtp.tls = notimeter::config::SmtpTls::None;
+    }
+}
+
+/// Reads one column of the only row of a query, for checks on stored data.
+pub async fn query_one<T>(database_url: &str, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + Unpin,
+{
+    let pool = sqlx::AnyPool::connect(database_url).await.unwrap();
+    let (v,): (T,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    v
 }
 
 // ---- payloads ------------------------------------------------------------------

@@ -1,0 +1,155 @@
+//! Per-destination pacing and per-user plan limits.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+on_both_backends!(
+    pacing_spaces_one_destination_without_holding_back_others,
+    plan_limit_fails_without_sending
+);
+
+async fn pacing_spaces_one_destination_without_holding_back_others(backend: Backend) {
+    let pace = Duration::from_millis(400);
+    let app = spawn_app_with(&backend, |s| {
+        s.dispatch.pace.insert("slack".into(), pace.into());
+    })
+    .await;
+    let sink = Sink::start().await;
+    app.put_channel(
+        "u1",
+        "slack",
+        json!({"type": "slack", "settings": {"api_url": sink.url("/a")}}),
+    )
+    .await;
+    app.put_channel(
+        "u2",
+        "slack",
+        json!({"type": "slack", "settings": {"api_url": sink.url("/b")}}),
+    )
+    .await;
+    app.add_webhook("u3", "hook", &sink.url("/c")).await;
+    for n in 0..3 {
+        let alerts = ["u1", "u2", "u3"]
+            .iter()
+            .map(|u| alert("high_cpu", Some(u), &format!("{u}-{n}")))
+            .collect();
+        app.post_alerts(&payload("default", &format!("g{n}"), alerts))
+            .await;
+    }
+    let a = sink.wait_for("/a", 3).await;
+    let b = sink.wait_for("/b", 3).await;
+    let c = sink.wait_for("/c", 3).await;
+    app.wait_idle().await;
+    for (name, got) in [("a", &a), ("b", &b)] {
+        for pair in got.windows(2) {
+            let gap = pair[1].at - pair[0].at;
+            assert!(
+                gap >= pace - Duration::from_millis(10),
+                "/{name}: {gap:?} between sends, paced at {pace:?}"
+            );
+        }
+    }
+    assert!(
+        b[0].at < a[1].at,
+        "another Slack webhook is not held back by the first one's pace"
+    );
+    assert!(
+        c[2].at < a[1].at,
+        "an unpaced destination is not held back at all"
+    );
+    let attempts = app
+        .metric(
+            "notimeter_delivery_attempts_total",
+            &[("integration", "slack"), ("result", "success")],
+        )
+        .await;
+    assert_eq!(attempts, 6.0, "waiting for a slot is not an attempt");
+    app.stop().await;
+}
+
+async fn plan_limit_fails_without_sending(backend: Backend) {
+    let gateway = Sink::start().await;
+    gateway.default_reply(Reply::new(
+        201,
+        r#"{"sid":"SM1","status":"queued","num_segments":"1"}"#,
+    ));
+    let app = spawn_app_with(&backend, |s| {
+        s.sms.api_url = Some(gateway.url(""));
+        s.sms.account_sid = Some("AC1".into());
+        s.sms.auth_token = Some(notimeter::config::Secret::new("t"));
+        s.sms.from = Some("+15005550006".into());
+        s.limits.default.insert("sms".into(), 2);
+        s.limits
+            .users
+            .insert("vip".into(), [("sms".to_owned(), 10)].into());
+    })
+    .await;
+    app.put_channel(
+        "u1",
+        "phone",
+        json!({"type": "sms", "settings": {"to": "+14155550101"}}),
+    )
+    .await;
+    app.put_channel(
+        "vip",
+        "phone",
+        json!({"type": "sms", "settings": {"to": "+14155550102"}}),
+    )
+    .await;
+    for n in 0..3 {
+        let alerts = vec![
+            alert("high_cpu", Some("u1"), &format!("a{n}")),
+            alert("high_cpu", Some("vip"), &format!("b{n}")),
+        ];
+        app.post_alerts(&payload("default", &format!("g{n}"), alerts))
+            .await;
+    }
+    eventually("five sends", || async { gateway.received().len() >= 5 }).await;
+    app.wait_idle().await;
+    let to = |n: &str| {
+        gateway
+            .received()
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains(n))
+            .count()
+    };
+    assert_eq!(
+        to("14155550101"),
+        2,
+        "u1's third message is over the limit and never sent"
+    );
+    assert_eq!(to("14155550102"), 3, "the override lets vip send more");
+    let failed = [
+        ("user_id", "u1"),
+        ("integration", "sms"),
+        ("outcome", "failed"),
+    ];
+    assert_eq!(
+        app.metric("notimeter_notifications_total", &failed).await,
+        1.0
+    );
+    assert_eq!(
+        app.metric(
+            "notimeter_delivery_attempts_total",
+            &[("integration", "sms"), ("result", "rateLimited")]
+        )
+        .await,
+        0.0
+    );
+    let (reason, attempts): (String, i64) = {
+        let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
+        let row =
+            sqlx::query_as("SELECT last_reason, attempts FROM messages WHERE state = 'failed'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        row
+    };
+    assert_eq!((reason.as_str(), attempts), ("rateLimited", 0));
+    app.stop().await;
+}
