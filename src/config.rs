@@ -125,6 +125,9 @@ pub struct DispatchSettings {
     /// How often idle workers look for due retries.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Most sends in flight to one destination (a webhook URL, a Slack webhook,
+    /// a Telegram chat): a slow receiver holds at most this many workers.
+    pub max_in_flight_per_destination: usize,
     /// Least time between two sends to one destination (a Slack webhook, a
     /// Telegram chat), by integration. Other destinations are not held back.
     pub pace: BTreeMap<String, humantime_serde::Serde<Duration>>,
@@ -152,6 +155,7 @@ impl Default for DispatchSettings {
             max_backoff: Duration::from_secs(300),
             max_retry_after: Duration::from_secs(600),
             poll_interval: Duration::from_millis(500),
+            max_in_flight_per_destination: 8,
             pace: [("slack", 1), ("telegram", 1)]
                 .into_iter()
                 .map(|(k, secs)| (k.to_owned(), Duration::from_secs(secs).into()))
@@ -285,8 +289,11 @@ impl Settings {
 
     fn validate(&self) -> Result<(), String> {
         let d = &self.dispatch;
-        if d.workers == 0 || d.batch_size == 0 {
-            return Err("dispatch.workers and dispatch.batch_size must be at least 1".into());
+        if d.workers == 0 || d.batch_size == 0 || d.max_in_flight_per_destination == 0 {
+            return Err(
+                "dispatch.workers, dispatch.batch_size and dispatch.max_in_flight_per_destination must be at least 1"
+                    .into(),
+            );
         }
         if d.lease <= d.send_timeout {
             return Err(format!(

@@ -1,7 +1,9 @@
-//! Per-destination pacing: at most one send per interval to one destination
-//! (a Slack webhook, a Telegram chat), without holding back the others. A
-//! message that must wait gets a reserved slot and goes back to the outbox
-//! until then, so it holds no worker. Per process: replicas pace separately.
+//! Per-destination pacing and concurrency. Pacing: at most one send per
+//! interval to one destination (a Slack webhook, a Telegram chat); a message
+//! that must wait gets a reserved slot and goes back to the outbox until then,
+//! so it holds no worker. Concurrency: at most N sends in flight to one
+//! destination, so a slow receiver cannot take every worker. Neither holds
+//! back other destinations. Per process: replicas pace separately.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,6 +12,29 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Pacer {
     next_free: Mutex<HashMap<String, Instant>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// A send in flight to a destination; leaving it frees the place.
+pub struct InFlight<'a> {
+    pacer: &'a Pacer,
+    key: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .pacer
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Entries kept before slots in the past are forgotten.
@@ -25,6 +50,20 @@ impl Pacer {
         let slot = next.get(key).copied().filter(|t| *t > now).unwrap_or(now);
         next.insert(key.to_owned(), slot + interval);
         slot
+    }
+
+    /// Takes one of `max` places for sends in flight to `key`, if one is free.
+    pub fn enter(&self, key: &str, max: usize) -> Option<InFlight<'_>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            pacer: self,
+            key: key.to_owned(),
+        })
     }
 
     /// Holds `key` until `until` (the destination asked to wait, e.g. a 429).
@@ -59,5 +98,19 @@ mod tests {
         );
         p.hold("b", t + 5 * s);
         assert_eq!(p.reserve("b", s, t + s), t + 5 * s);
+    }
+
+    #[test]
+    fn in_flight_places_are_bounded_and_freed() {
+        let p = Pacer::default();
+        let a1 = p.enter("a", 2).unwrap();
+        let _a2 = p.enter("a", 2).unwrap();
+        assert!(p.enter("a", 2).is_none());
+        assert!(
+            p.enter("b", 2).is_some(),
+            "other destinations are not affected"
+        );
+        drop(a1);
+        assert!(p.enter("a", 2).is_some());
     }
 }

@@ -229,6 +229,9 @@ impl Integration for Telegram {
 
     fn destination(&self, value: &Value) -> Option<String> {
         let s: Settings = parse_settings(value).ok()?;
+        if let Some(relay) = &s.webhook_url {
+            return Some(super::destination_key("telegram-relay", &[relay]));
+        }
         let chat = match s.chat_id? {
             ChatId::Id(id) => id.to_string(),
             ChatId::Name(name) => name,

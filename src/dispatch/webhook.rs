@@ -89,6 +89,11 @@ impl Integration for Webhook {
         Ok(())
     }
 
+    fn destination(&self, settings: &Value) -> Option<String> {
+        let s: Settings = parse_settings(settings).ok()?;
+        Some(super::destination_key("webhook", &[&s.url]))
+    }
+
     async fn send(
         &self,
         ctx: &SendContext,

@@ -42,8 +42,12 @@ enum Step {
     Failed(SendError),
     /// Over the user's plan limit: final, and never sent.
     OverLimit(String),
-    /// Pacing reserved a later slot; back to the outbox until then.
-    Deferred(i64),
+    /// Not now (pacing or the destination's in-flight cap); back to the
+    /// outbox until `due_at`. `paced`: a pace slot is reserved for it.
+    Deferred {
+        due_at: i64,
+        paced: bool,
+    },
 }
 
 /// A message ready to send: its integration, settings and payload.
@@ -228,9 +232,30 @@ impl Dispatcher {
             let slot = self.pacer.reserve(key, pace, now);
             let wait = slot.saturating_duration_since(now);
             if wait > Duration::from_millis(5) {
-                return Step::Deferred(now_ms() + duration_ms(wait));
+                return Step::Deferred {
+                    due_at: now_ms() + duration_ms(wait),
+                    paced: true,
+                };
             }
         }
+        // A slow destination holds at most this many workers; the rest of its
+        // messages wait briefly in the outbox, keeping a reserved pace slot.
+        let _in_flight = match &destination {
+            Some(key) => match self
+                .pacer
+                .enter(key, self.settings.max_in_flight_per_destination)
+            {
+                Some(place) => Some(place),
+                None => {
+                    let wait = rand::random_range(100..300);
+                    return Step::Deferred {
+                        due_at: now_ms() + wait,
+                        paced: msg.paced || !pace.is_zero(),
+                    };
+                }
+            },
+            None => None,
+        };
         let sent = tokio::time::timeout(
             self.settings.send_timeout,
             p.integration.send(&self.ctx, &p.settings, &p.payload),
@@ -269,10 +294,13 @@ impl Dispatcher {
                 segments = sent.segments;
                 (Outcome::Delivered, "success".to_owned(), sent.status, None)
             }
-            Step::Deferred(due_at) => {
+            Step::Deferred { due_at, paced } => {
                 attempted = false;
-                debug!(message_id = msg.id, due_at, "paced: deferred to its slot");
-                (Outcome::Defer { due_at }, String::new(), None, None)
+                debug!(
+                    message_id = msg.id,
+                    due_at, paced, "deferred: destination paced or busy"
+                );
+                (Outcome::Defer { due_at, paced }, String::new(), None, None)
             }
             Step::OverLimit(why) => {
                 attempted = false;

@@ -129,9 +129,11 @@ pub enum Outcome {
     Retry {
         due_at: Millis,
     },
-    /// Not sent yet: pacing reserved a later slot for it. Not an attempt.
+    /// Not sent yet, and not an attempt: back to the outbox until `due_at`.
+    /// `paced`: pacing reserved that slot for it, so it sends without waiting again.
     Defer {
         due_at: Millis,
+        paced: bool,
     },
 }
 

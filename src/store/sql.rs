@@ -286,13 +286,14 @@ impl Store {
             };
             let reason = (r.result != "success").then_some(&r.result);
             let updated = match r.outcome {
-                Outcome::Defer { due_at } => sqlx::query(
-                    "UPDATE messages SET due_at = $1, paced = 1, lease_owner = NULL, lease_until = NULL \
+                Outcome::Defer { due_at, paced } => sqlx::query(
+                    "UPDATE messages SET due_at = $1, paced = $4, lease_owner = NULL, lease_until = NULL \
                      WHERE id = $2 AND state = 'pending' AND lease_owner = $3",
                 )
                 .bind(due_at)
                 .bind(r.message_id)
                 .bind(owner)
+                .bind(i64::from(paced))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected(),

@@ -385,6 +385,8 @@ struct SinkState {
     received: Vec<Received>,
     script: HashMap<String, VecDeque<Reply>>,
     default: Option<Reply>,
+    in_flight: HashMap<String, usize>,
+    peak_in_flight: HashMap<String, usize>,
 }
 
 /// A local HTTP server that records every request and answers from a script
@@ -417,7 +419,16 @@ async fn sink_handler(
             .or_else(|| s.default.clone())
     };
     let reply = reply.unwrap_or_else(|| Reply::new(200, "ok"));
+    {
+        let mut s = state.lock().unwrap();
+        let n = s.in_flight.entry(path.clone()).or_default();
+        *n += 1;
+        let n = *n;
+        let peak = s.peak_in_flight.entry(path.clone()).or_default();
+        *peak = (*peak).max(n);
+    }
     tokio::time::sleep(reply.delay).await;
+    *state.lock().unwrap().in_flight.get_mut(&path).unwrap() -= 1;
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     for (name, value) in reply.headers {
         response.headers_mut().insert(name, value.parse().unwrap());
@@ -459,6 +470,17 @@ impl Sink {
             .entry(path.to_owned())
             .or_default()
             .extend(replies);
+    }
+
+    /// The most requests to `path` that were being answered at once.
+    pub fn peak_in_flight(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .peak_in_flight
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -153,3 +153,93 @@ async fn plan_limit_fails_without_sending(backend: Backend) {
     assert_eq!((reason.as_str(), attempts), ("rateLimited", 0));
     app.stop().await;
 }
+
+on_both_backends!(slow_destination_holds_few_workers, timeouts_are_retried);
+
+async fn slow_destination_holds_few_workers(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| {
+        s.dispatch.workers = 8;
+        s.dispatch.max_in_flight_per_destination = 2;
+    })
+    .await;
+    let sink = Sink::start().await;
+    sink.default_reply(Reply::new(200, "ok"));
+    sink.script(
+        "/slow",
+        std::iter::repeat_n(Reply::new(200, "ok").after(Duration::from_millis(400)), 12),
+    );
+    app.add_webhook("slow", "hook", &sink.url("/slow")).await;
+    for u in 0..12 {
+        app.add_webhook(&format!("fast{u}"), "hook", &sink.url(&format!("/fast{u}")))
+            .await;
+    }
+    // Twelve messages for the slow receiver first, then one for each fast one.
+    for n in 0..12 {
+        app.post_alerts(&payload(
+            "default",
+            &format!("s{n}"),
+            vec![alert("a", Some("slow"), &format!("s{n}"))],
+        ))
+        .await;
+    }
+    let fast: Vec<_> = (0..12)
+        .map(|u| alert("a", Some(&format!("fast{u}")), &format!("f{u}")))
+        .collect();
+    app.post_alerts(&payload("default", "fast", fast)).await;
+    let mut last_fast = None;
+    for u in 0..12 {
+        let got = sink.wait_for(&format!("/fast{u}"), 1).await;
+        last_fast = last_fast.max(Some(got[0].at));
+    }
+    let slow = sink.wait_for("/slow", 12).await;
+    app.wait_idle().await;
+    assert!(
+        sink.peak_in_flight("/slow") <= 2,
+        "the slow receiver had {} sends at once",
+        sink.peak_in_flight("/slow")
+    );
+    // Without the cap the slow receiver's older messages would take all 8
+    // workers and the fast ones would wait behind them; with it, every fast
+    // destination is served while the slow one still has its first two.
+    assert!(
+        last_fast.unwrap() < slow[2].at,
+        "a fast destination waited behind the slow one"
+    );
+    let delivered = app
+        .metric(
+            "notimeter_delivery_attempts_total",
+            &[("integration", "webhook"), ("result", "success")],
+        )
+        .await;
+    assert_eq!(delivered, 24.0, "deferrals are not attempts");
+    app.stop().await;
+}
+
+async fn timeouts_are_retried(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| {
+        s.dispatch.send_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let sink = Sink::start().await;
+    sink.script("/u1", [Reply::new(200, "ok").after(Duration::from_secs(2))]);
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    app.post_alerts(&payload(
+        "default",
+        "g",
+        vec![alert("high_cpu", Some("u1"), "f1")],
+    ))
+    .await;
+    sink.wait_for("/u1", 2).await;
+    app.wait_idle().await;
+    let m = app.metrics().await;
+    let attempts = |r| {
+        metric_value(
+            &m,
+            "notimeter_delivery_attempts_total",
+            &[("integration", "webhook"), ("result", r)],
+        )
+    };
+    assert_eq!(attempts("contextDeadlineExceeded"), 1.0);
+    assert_eq!(attempts("success"), 1.0);
+    app.stop().await;
+}
