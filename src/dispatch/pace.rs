@@ -42,6 +42,7 @@ const PRUNE_AT: usize = 10_000;
 
 impl Pacer {
     /// Reserves the next free slot for `key`: `now` if it is free, else later.
+    /// With a zero interval this only waits out a hold.
     pub fn reserve(&self, key: &str, interval: Duration, now: Instant) -> Instant {
         let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
         if next.len() >= PRUNE_AT {
@@ -98,6 +99,11 @@ mod tests {
         );
         p.hold("b", t + 5 * s);
         assert_eq!(p.reserve("b", s, t + s), t + 5 * s);
+        // Unpaced destinations only wait out holds.
+        assert_eq!(p.reserve("c", Duration::ZERO, t), t);
+        assert_eq!(p.reserve("c", Duration::ZERO, t), t);
+        p.hold("c", t + s);
+        assert_eq!(p.reserve("c", Duration::ZERO, t), t + s);
     }
 
     #[test]

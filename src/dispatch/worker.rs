@@ -228,13 +228,15 @@ impl Dispatcher {
         }
         let destination = p.integration.destination(&p.settings);
         let pace = self.settings.pace_for(&msg.integration);
-        if let (Some(key), false, false) = (&destination, pace.is_zero(), msg.paced) {
+        // With a pace, the slot is reserved for this message; with none, only a
+        // destination's own "wait" (a 429's hint) defers it, and it checks again.
+        if let (Some(key), false) = (&destination, msg.paced) {
             let slot = self.pacer.reserve(key, pace, now);
             let wait = slot.saturating_duration_since(now);
             if wait > Duration::from_millis(5) {
                 return Step::Deferred {
                     due_at: now_ms() + duration_ms(wait),
-                    paced: true,
+                    paced: !pace.is_zero(),
                 };
             }
         }

@@ -243,3 +243,49 @@ async fn timeouts_are_retried(backend: Backend) {
     assert_eq!(attempts("success"), 1.0);
     app.stop().await;
 }
+
+on_both_backends!(a_rate_limited_destination_holds_its_queue);
+
+/// After a 429 with Retry-After, the destination's other queued messages wait
+/// out the hint instead of each being sent into the limit.
+async fn a_rate_limited_destination_holds_its_queue(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let sink = Sink::start().await;
+    sink.script(
+        "/u1",
+        [Reply::new(429, "slow down").header("retry-after", "1")],
+    );
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    app.post_alerts(&payload(
+        "default",
+        "g0",
+        vec![alert("high_cpu", Some("u1"), "f0")],
+    ))
+    .await;
+    let first = sink.wait_for("/u1", 1).await;
+    for n in 1..6 {
+        app.post_alerts(&payload(
+            "default",
+            &format!("g{n}"),
+            vec![alert("high_cpu", Some("u1"), &format!("f{n}"))],
+        ))
+        .await;
+    }
+    let got = sink.wait_for("/u1", 7).await;
+    app.wait_idle().await;
+    assert_eq!(got.len(), 7, "one 429, then each of the six messages once");
+    assert!(
+        got[1..]
+            .iter()
+            .all(|r| r.at - first[0].at >= Duration::from_millis(990)),
+        "nothing sent during the hint"
+    );
+    let limited = app
+        .metric(
+            "notimeter_delivery_attempts_total",
+            &[("integration", "webhook"), ("result", "rateLimited")],
+        )
+        .await;
+    assert_eq!(limited, 1.0);
+    app.stop().await;
+}
