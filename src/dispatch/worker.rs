@@ -249,7 +249,7 @@ impl Dispatcher {
             {
                 Some(place) => Some(place),
                 None => {
-                    let wait = rand::random_range(100..300);
+                    let wait = rand::random_range(800..1200);
                     return Step::Deferred {
                         due_at: now_ms() + wait,
                         paced: msg.paced || !pace.is_zero(),

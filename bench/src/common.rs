@@ -1,0 +1,246 @@
+//! What both scenarios share: the notimeter process, a fresh database, payloads.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Database {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// The notimeter binary to measure.
+    #[arg(long, default_value = "target/release/notimeter")]
+    pub notimeter: PathBuf,
+    /// Database to run against.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub database: Database,
+    /// PostgreSQL server for --database postgres (a fresh database is created and dropped).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_url: String,
+}
+
+impl Common {
+    pub fn database_name(&self) -> &'static str {
+        match self.database {
+            Database::Sqlite => "sqlite",
+            Database::Postgres => "postgres",
+        }
+    }
+}
+
+/// A child process, stopped with SIGTERM when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    pub fn peak_rss_mb(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+pub fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+pub async fn wait_ready(http: &reqwest::Client, base: &str, path: &str) -> Result<()> {
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}{path}")).send().await {
+            if r.status().as_u16() < 500 {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{base} did not become ready")
+}
+
+/// notimeter running on a fresh database; the PostgreSQL database is dropped after.
+pub struct Notimeter {
+    pub process: Option<Process>,
+    pub base: String,
+    postgres: Option<(String, String)>,
+}
+
+impl Notimeter {
+    /// Starts the binary with `extra` appended to its TOML settings.
+    pub async fn start(
+        common: &Common,
+        dir: &Path,
+        http: &reqwest::Client,
+        extra: &str,
+    ) -> Result<Self> {
+        let binary = std::fs::canonicalize(&common.notimeter).with_context(|| {
+            format!(
+                "{} not found: build it with cargo build --release",
+                common.notimeter.display()
+            )
+        })?;
+        let (url, postgres) = match common.database {
+            Database::Sqlite => (format!("sqlite://{}", dir.join("bench.db").display()), None),
+            Database::Postgres => {
+                use sqlx::Connection;
+                let name = format!("notimeter_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&common.postgres_url).await?;
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await?;
+                let mut url = url::Url::parse(&common.postgres_url)?;
+                url.set_path(&name);
+                (url.to_string(), Some((common.postgres_url.clone(), name)))
+            }
+        };
+        let listen = free_addr()?;
+        let config = dir.join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{listen}\"\ndatabase_url = \"{url}\"\nreports_dir = \"{}\"\noutbound_allow = [\"127.0.0.0/8\"]\n{extra}",
+                dir.join("reports").display()
+            ),
+        )?;
+        let process = Process(
+            Command::new(binary)
+                .args(["--config", config.to_str().unwrap(), "serve"])
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("starting notimeter")?,
+        );
+        let base = format!("http://{listen}");
+        wait_ready(http, &base, "/readyz").await?;
+        Ok(Self {
+            process: Some(process),
+            base,
+            postgres,
+        })
+    }
+
+    pub async fn put_channel(&self, http: &reqwest::Client, user: &str, body: Value) -> Result<()> {
+        let r = http
+            .put(format!("{}/v1/users/{user}/channels/c", self.base))
+            .json(&body)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("creating a channel failed: {}", r.text().await?);
+        }
+        Ok(())
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("{}/v1/alertmanager", self.base)
+    }
+
+    pub async fn stop(mut self) -> Result<Option<f64>> {
+        let rss = self.process.as_ref().and_then(Process::peak_rss_mb);
+        drop(self.process.take());
+        if let Some((server, name)) = self.postgres.take() {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&server).await?;
+            sqlx::Executor::execute(
+                &mut conn,
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+            )
+            .await?;
+        }
+        Ok(rss)
+    }
+}
+
+/// One alert as Alertmanager sends it, unique per (`seq`, `i`).
+pub fn alert(seq: u64, user: &str, i: usize) -> Value {
+    json!({
+        "status": "firing",
+        "labels": {"alertname": "HighCPU", "user_id": user, "instance": format!("host-{i}:9100"),
+                   "job": "node", "severity": "critical"},
+        "annotations": {"description": format!("CPU on host-{i} is above 90% for 5 minutes"), "summary": "High CPU"},
+        "startsAt": "2026-11-24T10:00:00.000Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=node_cpu",
+        "fingerprint": format!("{seq:x}-{i}")
+    })
+}
+
+pub fn envelope(group_key: String, alerts: Vec<Value>) -> Value {
+    json!({
+        "version": "4", "groupKey": group_key, "truncatedAlerts": 0, "status": "firing", "receiver": "notimeter",
+        "groupLabels": {"alertname": "HighCPU"}, "commonLabels": {"alertname": "HighCPU", "job": "node", "severity": "critical"},
+        "commonAnnotations": {"summary": "High CPU"}, "externalURL": "http://alertmanager:9093",
+        "alerts": alerts
+    })
+}
+
+/// A group of `n` alerts of one user, unique per `seq` (so never a duplicate).
+pub fn group_payload(seq: u64, user: &str, n: usize) -> Value {
+    envelope(
+        format!("{{}}:{{alertname=\"HighCPU\", user_id=\"{user}\"}}#{seq}"),
+        (0..n).map(|i| alert(seq, user, i)).collect(),
+    )
+}
+
+/// One alert for each of `users`: one message per user.
+pub fn fanout_payload(seq: u64, users: &[String]) -> Value {
+    envelope(
+        format!("fanout#{seq}"),
+        users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| alert(seq, u, i))
+            .collect(),
+    )
+}
+
+/// Posts `payloads` fan-out payloads over `users` (`per` users each) with 16 clients.
+pub async fn post_fanout(
+    http: &reqwest::Client,
+    url: &str,
+    users: &[String],
+    per: usize,
+    payloads: u64,
+    seq_base: u64,
+) {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let users = std::sync::Arc::new(users.to_vec());
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (http, url, next, users) = (http.clone(), url.to_owned(), next.clone(), users.clone());
+        clients.spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= payloads {
+                    break;
+                }
+                let start = (n as usize * per) % users.len();
+                let batch: Vec<String> = (0..per)
+                    .map(|k| users[(start + k) % users.len()].clone())
+                    .collect();
+                let _ = http
+                    .post(&url)
+                    .json(&fanout_payload(seq_base + n, &batch))
+                    .send()
+                    .await;
+            }
+        });
+    }
+    while clients.join_next().await.is_some() {}
+}
