@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::{error, info};
 
-use crate::api::{channels, health, usage};
+use crate::api::{channels, health, ledger as ledger_api, page, usage};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Registry, SendContext};
+use crate::ledger::{scheduler, Ledger};
 use crate::metering::Metrics;
 use crate::store::{self, Store};
 
@@ -29,6 +30,7 @@ pub struct AppState {
     pub registry: Registry,
     /// Poked when new messages are queued, so idle workers start at once.
     pub wake: Arc<Notify>,
+    pub ledger: Arc<Ledger>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,6 +48,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user_id}/channels", get(channels::list))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/ledger/current.csv", get(usage::current_csv))
+        .route("/v1/ledger/periods", get(ledger_api::periods))
+        .route("/v1/ledger/periods/{file}", get(ledger_api::period_csv))
+        .route(
+            "/v1/ledger/periods/{id}/items.csv",
+            get(ledger_api::items_csv),
+        )
+        .route("/v1/ledger/close", post(ledger_api::close))
+        .route("/v1/users/{user_id}/settle", post(ledger_api::settle))
+        .route("/", get(page::index))
+        .route("/login", get(page::login_form).post(page::login))
+        .route("/logout", get(page::logout))
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -68,6 +81,21 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<Store>> {
         .await
         .context("applying migrations")?;
     Ok(store)
+}
+
+/// The ledger on its own, for the CLI's `ledger` verbs.
+pub async fn open_ledger(settings: Settings) -> anyhow::Result<Ledger> {
+    let registry = Registry::standard(&settings);
+    settings
+        .check_integration_names(registry.names())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let store = open_store(&settings).await?;
+    Ok(Ledger::new(
+        store,
+        Arc::new(settings),
+        registry.names().collect(),
+        None,
+    ))
 }
 
 /// A database URL without its password, for messages.
@@ -107,12 +135,21 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let metrics = Arc::new(Metrics::new(settings.max_user_series));
+        let settings = Arc::new(settings);
+        let ledger = Arc::new(Ledger::new(
+            store.clone(),
+            settings.clone(),
+            registry.names().collect(),
+            Some(metrics.clone()),
+        ));
         let state = AppState {
-            metrics: Arc::new(Metrics::new(settings.max_user_series)),
-            settings: Arc::new(settings),
+            metrics,
+            settings,
             store,
             registry,
             wake: Arc::new(Notify::new()),
+            ledger,
         };
         Ok(Self { listener, state })
     }
@@ -145,6 +182,17 @@ impl Application {
         let dispatch_task =
             tokio::spawn(dispatcher.run(shutdown.clone(), settings.shutdown_timeout));
         let pruner = tokio::spawn(prune_dedupe(state.store.clone(), shutdown.clone()));
+        if let Err(e) = state.ledger.ensure_reports().await {
+            error!(error = ?e, "writing missing reports failed");
+        }
+        let closes = tokio::spawn(scheduler::run_closes(
+            state.ledger.clone(),
+            shutdown.clone(),
+        ));
+        let retention = tokio::spawn(scheduler::run_retention(
+            state.ledger.clone(),
+            shutdown.clone(),
+        ));
 
         info!(listen = %self.listener.local_addr()?, store = state.store.backend_name(), "notimeter serving");
         let app = router(state.clone());
@@ -154,6 +202,8 @@ impl Application {
             .await;
         shutdown.cancel();
         let _ = pruner.await;
+        let _ = closes.await;
+        let _ = retention.await;
         if let Err(e) = dispatch_task.await {
             error!(error = %e, "dispatcher task failed");
         }

@@ -37,13 +37,41 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The cookie the finance page's login sets; accepted only by reads.
+pub const COOKIE: &str = "notimeter_token";
+
+fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+}
+
 /// Allows the request if the role is open or the bearer token is the role's or
 /// the admin's. A token that belongs to another role gets 403, anything else 401.
 pub fn authorize(settings: &Settings, headers: &HeaderMap, role: Role) -> Result<(), ApiError> {
+    check(settings, bearer(headers), role)
+}
+
+/// Like [`authorize`], for reads: the login cookie of the finance page counts
+/// too. (Never for requests that change anything, so a cookie cannot be used
+/// to close or settle.)
+pub fn authorize_read(
+    settings: &Settings,
+    headers: &HeaderMap,
+    role: Role,
+) -> Result<(), ApiError> {
+    check(settings, bearer(headers).or_else(|| cookie(headers)), role)
+}
+
+/// Whether `token` may act as `role`.
+pub fn check(settings: &Settings, given: Option<&str>, role: Role) -> Result<(), ApiError> {
     let Some(required) = token_of(settings, role) else {
         return Ok(());
     };
-    let Some(given) = bearer(headers) else {
+    let Some(given) = given else {
         return Err(ApiError::Unauthorized);
     };
     if same(given, required)
@@ -98,5 +126,15 @@ mod tests {
             Err(ApiError::Unauthorized)
         ));
         assert!(authorize(&s, &HeaderMap::new(), Role::Metrics).is_ok());
+        let mut c = HeaderMap::new();
+        c.insert("cookie", "theme=dark; notimeter_token=f".parse().unwrap());
+        assert!(authorize_read(&s, &c, Role::Finance).is_ok());
+        assert!(
+            matches!(
+                authorize(&s, &c, Role::Finance),
+                Err(ApiError::Unauthorized)
+            ),
+            "no cookies for writes"
+        );
     }
 }

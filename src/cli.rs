@@ -24,4 +24,22 @@ pub enum Command {
     Serve,
     /// Create the database if needed, apply migrations, and exit.
     Migrate,
+    /// The finance ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Close the open billing period now, write its report, and print its id.
+    Close,
+    /// Write a period's ledger CSV, byte for byte its report in reports/.
+    Export {
+        /// The period or statement id (see GET /v1/ledger/periods).
+        #[arg(long)]
+        period: String,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }

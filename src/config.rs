@@ -67,6 +67,7 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     pub sms: SmsSettings,
     pub billing: BillingSettings,
+    pub retention: RetentionSettings,
 }
 
 impl Default for Settings {
@@ -91,6 +92,7 @@ impl Default for Settings {
             smtp: SmtpSettings::default(),
             sms: SmsSettings::default(),
             billing: BillingSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -229,30 +231,88 @@ pub struct SmsSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BillingSettings {
+    /// When periods close: a cron expression with seconds.
     pub schedule: String,
+    /// The time zone the schedule is read in (IANA name); UTC when unset.
+    pub timezone: Option<String>,
     pub currency: String,
     pub bill_failed: bool,
     /// Unit price per integration (decimal strings); missing integrations cost 0.
     pub prices: BTreeMap<String, Decimal>,
+    /// Per-user overrides of `prices`, by user_id then integration.
+    pub user_prices: BTreeMap<String, BTreeMap<String, Decimal>>,
 }
 
 impl Default for BillingSettings {
     fn default() -> Self {
         Self {
             schedule: "0 0 0 1 * *".into(),
+            timezone: None,
             currency: "USD".into(),
             bill_failed: false,
             prices: BTreeMap::new(),
+            user_prices: BTreeMap::new(),
         }
     }
 }
 
 impl BillingSettings {
+    /// The price of one message of `integration` for any user without an override.
     pub fn unit_price(&self, integration: &str) -> Decimal {
         self.prices
             .get(integration)
             .copied()
             .unwrap_or(Decimal::ZERO)
+    }
+
+    /// The price of one message of `integration` for `user_id`.
+    pub fn unit_price_for(&self, user_id: &str, integration: &str) -> Decimal {
+        self.user_prices
+            .get(user_id)
+            .and_then(|p| p.get(integration))
+            .copied()
+            .unwrap_or_else(|| self.unit_price(integration))
+    }
+
+    pub fn parsed_schedule(&self) -> Result<cron::Schedule, String> {
+        self.schedule.parse().map_err(|e| {
+            format!(
+                "billing.schedule {:?} is not a cron expression with seconds: {e}",
+                self.schedule
+            )
+        })
+    }
+
+    pub fn parsed_timezone(&self) -> Result<chrono_tz::Tz, String> {
+        match &self.timezone {
+            None => Ok(chrono_tz::UTC),
+            Some(name) => name.parse().map_err(|_| {
+                format!("billing.timezone {name:?} is not an IANA time zone such as Europe/Berlin")
+            }),
+        }
+    }
+}
+
+/// How long delivery details are kept once their period has closed. Ledger
+/// rows and reports are never pruned.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Message payloads and attempts older than this (by final time), in
+    /// closed periods, are pruned. The message rows (the itemized ledger) stay.
+    #[serde(with = "humantime_serde")]
+    pub messages: Duration,
+    /// How often pruning runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            messages: Duration::from_secs(90 * 86_400),
+            interval: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -303,6 +363,11 @@ impl Settings {
         }
         if d.max_attempts == 0 {
             return Err("dispatch.max_attempts must be at least 1".into());
+        }
+        self.billing.parsed_schedule()?;
+        self.billing.parsed_timezone()?;
+        if self.retention.interval.is_zero() {
+            return Err("retention.interval must be longer than 0s".into());
         }
         if self.limits.interval.is_zero() {
             return Err("limits.interval must be longer than 0s".into());

@@ -7,23 +7,23 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::auth::{authorize, Role};
+use crate::auth::{authorize_read, Role};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::ledger::csv;
+use crate::ledger::csv::Pricing;
 
 pub async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state.settings, &headers, Role::Finance)?;
+    authorize_read(&state.settings, &headers, Role::Finance)?;
     let period = state.store.open_period().await?;
     let rows = state.store.usage(&period.id).await?;
-    let billing = &state.settings.billing;
+    let pricing = Pricing::of(&period, &state.settings.billing);
     let usage: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let (unit, amount) = csv::price(r, billing);
+            let (unit, amount) = pricing.price(r);
             json!({
                 "user_id": r.user_id, "integration": r.integration,
                 "delivered": r.delivered, "failed": r.failed,
@@ -34,7 +34,7 @@ pub async fn usage(
     Ok(Json(json!({
         "period_id": period.id,
         "period_start": rfc3339(period.start_at),
-        "currency": billing.currency,
+        "currency": pricing.currency(),
         "usage": usage,
     })))
 }
@@ -43,12 +43,13 @@ pub async fn current_csv(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state.settings, &headers, Role::Finance)?;
+    authorize_read(&state.settings, &headers, Role::Finance)?;
     let period = state.store.open_period().await?;
-    let rows = state.store.usage(&period.id).await?;
-    let mut body = Vec::new();
-    csv::write(&mut body, &period, &rows, &state.settings.billing)
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let body = state
+        .ledger
+        .csv(&period)
+        .await
+        .map_err(ApiError::Internal)?;
     Ok((
         StatusCode::OK,
         [

@@ -1,12 +1,13 @@
-//! The ledger CSV (RFC 4180, UTF-8, header row):
-//! `period_id,period_start,period_end,user_id,integration,delivered,failed,unit_price,amount,currency`.
-//! Text cells that a spreadsheet would run as a formula are prefixed with `'`.
+//! The ledger CSV (RFC 4180, UTF-8, CRLF, header row):
+//! `period_id,period_start,period_end,user_id,integration,delivered,failed,unit_price,amount,currency`,
+//! and the itemized export, one row per message. Text cells that a
+//! spreadsheet would run as a formula are prefixed with `'`.
 
 use rust_decimal::Decimal;
 
 use crate::clock::rfc3339;
 use crate::config::BillingSettings;
-use crate::store::{Period, UsageRow};
+use crate::store::{ItemRow, Period, UsageRow};
 
 pub const HEADER: [&str; 10] = [
     "period_id",
@@ -21,6 +22,19 @@ pub const HEADER: [&str; 10] = [
     "currency",
 ];
 
+pub const ITEMS_HEADER: [&str; 10] = [
+    "period_id",
+    "message_id",
+    "final_at",
+    "user_id",
+    "integration",
+    "channel_id",
+    "alertnames",
+    "outcome",
+    "attempts",
+    "last_reason",
+];
+
 /// Prefixes `'` to a text cell starting with `=`, `+`, `-`, `@`, tab or CR.
 pub fn formula_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     match cell.chars().next() {
@@ -29,24 +43,63 @@ pub fn formula_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// What a usage row costs: billed messages × unit price (failed ones billed
-/// only with `bill_failed`). The product of a whole number and the price is
-/// exact, so nothing is rounded; it is shown at the unit price's scale
-/// (`0.0025` × 0 is `0.0000`), so a column of amounts lines up.
-pub fn price(row: &UsageRow, billing: &BillingSettings) -> (Decimal, Decimal) {
-    let unit = billing.unit_price(&row.integration);
-    let billed = row.delivered + if billing.bill_failed { row.failed } else { 0 };
-    let mut amount = unit * Decimal::from(billed);
-    amount.rescale(unit.scale());
-    (unit, amount)
+/// How a period's rows are priced: the prices frozen at close, or (for the
+/// open period) those configured now.
+pub enum Pricing<'a> {
+    Frozen { currency: String, bill_failed: bool },
+    Current(&'a BillingSettings),
 }
 
-/// Writes a period's rows (already sorted by user_id, integration).
+impl Pricing<'_> {
+    /// The pricing of `period`: frozen if it is closed, else `billing`'s.
+    pub fn of<'a>(period: &Period, billing: &'a BillingSettings) -> Pricing<'a> {
+        match (&period.currency, period.bill_failed) {
+            (Some(currency), Some(bill_failed)) if period.end_at.is_some() => Pricing::Frozen {
+                currency: currency.clone(),
+                bill_failed,
+            },
+            _ => Pricing::Current(billing),
+        }
+    }
+
+    pub fn currency(&self) -> &str {
+        match self {
+            Pricing::Frozen { currency, .. } => currency,
+            Pricing::Current(b) => &b.currency,
+        }
+    }
+
+    /// (unit price, amount) of a row: billed messages × unit price, where
+    /// failed ones are billed only with `bill_failed`. The product of a whole
+    /// number and a decimal is exact: nothing is rounded. The amount is shown
+    /// at the unit price's scale (`0.0025` × 0 is `0.0000`).
+    pub fn price(&self, row: &UsageRow) -> (Decimal, Decimal) {
+        let (unit, bill_failed) = match self {
+            Pricing::Frozen { bill_failed, .. } => (
+                row.unit_price
+                    .as_deref()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(Decimal::ZERO),
+                *bill_failed,
+            ),
+            Pricing::Current(b) => (
+                b.unit_price_for(&row.user_id, &row.integration),
+                b.bill_failed,
+            ),
+        };
+        let billed = row.delivered + if bill_failed { row.failed } else { 0 };
+        let mut amount = unit * Decimal::from(billed);
+        amount.rescale(unit.scale());
+        (unit, amount)
+    }
+}
+
+/// Writes a period's rows (sorted by user_id, integration).
 pub fn write<W: std::io::Write>(
     out: W,
     period: &Period,
     rows: &[UsageRow],
-    billing: &BillingSettings,
+    pricing: &Pricing<'_>,
 ) -> Result<(), ::csv::Error> {
     let mut w = ::csv::WriterBuilder::new()
         .terminator(::csv::Terminator::CRLF)
@@ -54,10 +107,12 @@ pub fn write<W: std::io::Write>(
     w.write_record(HEADER)?;
     let start = rfc3339(period.start_at);
     let end = period.end_at.map(rfc3339).unwrap_or_default();
+    let currency = formula_safe(pricing.currency()).into_owned();
+    let id = formula_safe(&period.id).into_owned();
     for row in rows {
-        let (unit, amount) = price(row, billing);
+        let (unit, amount) = pricing.price(row);
         w.write_record([
-            formula_safe(&period.id).as_ref(),
+            id.as_str(),
             &start,
             &end,
             formula_safe(&row.user_id).as_ref(),
@@ -66,16 +121,54 @@ pub fn write<W: std::io::Write>(
             &row.failed.to_string(),
             &unit.to_string(),
             &amount.to_string(),
-            formula_safe(&billing.currency).as_ref(),
+            &currency,
         ])?;
     }
     w.flush()?;
     Ok(())
 }
 
+/// A CSV writer for the itemized export, header written.
+pub fn items_writer<W: std::io::Write>(out: W) -> Result<::csv::Writer<W>, ::csv::Error> {
+    let mut w = ::csv::WriterBuilder::new()
+        .terminator(::csv::Terminator::CRLF)
+        .from_writer(out);
+    w.write_record(ITEMS_HEADER)?;
+    Ok(w)
+}
+
+pub fn write_item<W: std::io::Write>(
+    w: &mut ::csv::Writer<W>,
+    period_id: &str,
+    item: &ItemRow,
+) -> Result<(), ::csv::Error> {
+    w.write_record([
+        formula_safe(period_id).as_ref(),
+        &item.message_id.to_string(),
+        &rfc3339(item.final_at),
+        formula_safe(&item.user_id).as_ref(),
+        formula_safe(&item.integration).as_ref(),
+        formula_safe(&item.channel_id).as_ref(),
+        formula_safe(&item.alertnames).as_ref(),
+        &item.outcome,
+        &item.attempts.to_string(),
+        formula_safe(item.last_reason.as_deref().unwrap_or("")).as_ref(),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(user: &str, delivered: i64, failed: i64, unit_price: Option<&str>) -> UsageRow {
+        UsageRow {
+            user_id: user.into(),
+            integration: "slack".into(),
+            delivered,
+            failed,
+            unit_price: unit_price.map(Into::into),
+        }
+    }
 
     #[test]
     fn hostile_cells_are_defused() {
@@ -91,20 +184,51 @@ mod tests {
             user_id: None,
             start_at: 0,
             end_at: None,
+            closed_at: None,
+            currency: None,
+            bill_failed: None,
+            report_sha256: None,
         };
-        let rows = vec![UsageRow {
-            user_id: "=cmd".into(),
-            integration: "slack".into(),
-            delivered: 3,
-            failed: 1,
-        }];
         let mut out = Vec::new();
-        write(&mut out, &period, &rows, &billing).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        write(
+            &mut out,
+            &period,
+            &[row("=cmd", 3, 1, None)],
+            &Pricing::Current(&billing),
+        )
+        .unwrap();
         assert_eq!(
-            text,
+            String::from_utf8(out).unwrap(),
             "period_id,period_start,period_end,user_id,integration,delivered,failed,unit_price,amount,currency\r\n\
              20261101T000000Z,1970-01-01T00:00:00.000Z,,'=cmd,slack,3,1,0.010,0.030,USD\r\n"
+        );
+    }
+
+    #[test]
+    fn frozen_prices_win_over_current_ones() {
+        let frozen = Pricing::Frozen {
+            currency: "EUR".into(),
+            bill_failed: true,
+        };
+        assert_eq!(
+            frozen.price(&row("u", 2, 1, Some("0.5"))),
+            ("0.5".parse().unwrap(), "1.5".parse().unwrap())
+        );
+        assert_eq!(frozen.price(&row("u", 2, 1, None)).1, Decimal::ZERO);
+        let mut billing = BillingSettings::default();
+        billing.prices.insert("slack".into(), "1".parse().unwrap());
+        billing.user_prices.insert(
+            "vip".into(),
+            [("slack".to_owned(), "0.25".parse().unwrap())].into(),
+        );
+        let current = Pricing::Current(&billing);
+        assert_eq!(
+            current.price(&row("u", 2, 1, None)).1,
+            "2".parse::<Decimal>().unwrap()
+        );
+        assert_eq!(
+            current.price(&row("vip", 2, 1, None)).1,
+            "0.50".parse::<Decimal>().unwrap()
         );
     }
 }

@@ -1,3 +1,198 @@
-//! The finance ledger: billing periods and their CSV.
+//! The finance ledger: billing periods, per-user statements (settle), prices
+//! frozen at close, immutable CSV reports, the close schedule and retention.
 
 pub mod csv;
+pub mod page;
+pub mod scheduler;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use tracing::{error, info, warn};
+
+use crate::clock::{now_ms, Millis};
+use crate::config::Settings;
+use crate::metering::Metrics;
+use crate::store::{Freeze, Period, Store};
+
+pub struct Ledger {
+    pub store: Arc<Store>,
+    pub settings: Arc<Settings>,
+    integrations: Vec<&'static str>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
+/// fsync, rename, fsync of the folder.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Ledger {
+    pub fn new(
+        store: Arc<Store>,
+        settings: Arc<Settings>,
+        integrations: Vec<&'static str>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            integrations,
+            metrics,
+        }
+    }
+
+    fn freeze(&self, user: Option<&str>) -> Freeze {
+        let b = &self.settings.billing;
+        Freeze {
+            currency: b.currency.clone(),
+            bill_failed: b.bill_failed,
+            prices: self
+                .integrations
+                .iter()
+                .map(|i| {
+                    let price = match user {
+                        Some(u) => b.unit_price_for(u, i),
+                        None => b.unit_price(i),
+                    };
+                    (i.to_string(), price.to_string())
+                })
+                .collect(),
+            user_prices: match user {
+                Some(_) => Vec::new(),
+                None => b
+                    .user_prices
+                    .iter()
+                    .flat_map(|(u, m)| {
+                        m.iter()
+                            .map(move |(i, p)| (u.clone(), i.clone(), p.to_string()))
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    pub fn report_path(&self, period_id: &str) -> PathBuf {
+        self.settings.reports_dir.join(format!("{period_id}.csv"))
+    }
+
+    /// The CSV of a period, generated from the store: frozen prices for a
+    /// closed period, current ones for the open period.
+    pub async fn csv(&self, period: &Period) -> anyhow::Result<Vec<u8>> {
+        let rows = self.store.usage(&period.id).await?;
+        let mut out = Vec::with_capacity(64 + rows.len() * 96);
+        csv::write(
+            &mut out,
+            period,
+            &rows,
+            &csv::Pricing::of(period, &self.settings.billing),
+        )?;
+        Ok(out)
+    }
+
+    /// Writes a closed period's report and its `.sha256` (and records the hash).
+    pub async fn write_report(&self, period: &Period) -> anyhow::Result<String> {
+        let bytes = self.csv(period).await?;
+        let sha = sha256_hex(&bytes);
+        let path = self.report_path(&period.id);
+        write_atomically(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        let line = format!("{sha}  {}.csv\n", period.id);
+        write_atomically(&path.with_extension("csv.sha256"), line.as_bytes())?;
+        self.store.set_report_sha256(&period.id, &sha).await?;
+        Ok(sha)
+    }
+
+    /// The bytes of a closed period's report: the file if it is intact, else
+    /// generated again (it comes out the same: closed periods never change).
+    pub async fn report(&self, period: &Period) -> anyhow::Result<Vec<u8>> {
+        if let Ok(bytes) = std::fs::read(self.report_path(&period.id)) {
+            if period.report_sha256.as_deref() == Some(sha256_hex(&bytes).as_str()) {
+                return Ok(bytes);
+            }
+        }
+        self.csv(period).await
+    }
+
+    /// Writes the reports of closed periods that have none (a crash between the
+    /// close and the write), and warns about reports that no longer match.
+    pub async fn ensure_reports(&self) -> anyhow::Result<()> {
+        for p in self.store.list_periods().await? {
+            if p.end_at.is_none() {
+                continue;
+            }
+            let path = self.report_path(&p.id);
+            match (std::fs::read(&path), &p.report_sha256) {
+                (Ok(bytes), Some(sha)) if &sha256_hex(&bytes) == sha => {}
+                (Ok(_), Some(_)) => {
+                    error!(period_id = %p.id, path = %path.display(), "report does not match its recorded SHA-256; left as it is")
+                }
+                _ => {
+                    self.write_report(&p).await?;
+                    warn!(period_id = %p.id, "report was missing; written");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn count_close(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.ledger_closes
+                .with_label_values(&[if ok { "success" } else { "error" }])
+                .inc();
+        }
+    }
+
+    /// Closes the open period at `boundary` and writes its report.
+    pub async fn close_at(&self, boundary: Millis) -> anyhow::Result<Option<(Period, Period)>> {
+        let result = self
+            .store
+            .close_period(boundary, now_ms(), &self.freeze(None))
+            .await;
+        let closed = match result {
+            Ok(Some(pair)) => pair,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.count_close(false);
+                return Err(e.into());
+            }
+        };
+        let written = self.write_report(&closed.0).await;
+        self.count_close(written.is_ok());
+        written?;
+        info!(closed = %closed.0.id, opened = %closed.1.id, "billing period closed");
+        Ok(Some(closed))
+    }
+
+    pub async fn close_now(&self) -> anyhow::Result<Option<(Period, Period)>> {
+        self.close_at(now_ms()).await
+    }
+
+    /// Settles a user: closes their open statement now and writes its report.
+    pub async fn settle(&self, user_id: &str) -> anyhow::Result<Period> {
+        let statement = self
+            .store
+            .settle(user_id, now_ms(), &self.freeze(Some(user_id)))
+            .await?;
+        self.write_report(&statement).await?;
+        info!(user_id, statement = %statement.id, "user settled");
+        Ok(statement)
+    }
+}

@@ -24,7 +24,9 @@ pub struct Metrics {
     pub webhook_requests: IntCounterVec,
     pub duplicates: IntCounter,
     pub alerts_undeliverable: IntCounterVec,
+    pub ledger_closes: IntCounterVec,
     outbox_pending: IntGauge,
+    period_start: prometheus::Gauge,
     period_notifications: IntGaugeVec,
     users: Mutex<HashSet<String>>,
     max_user_series: usize,
@@ -71,6 +73,20 @@ impl Metrics {
             "Alerts recorded as undeliverable (no matching channel, bad alert, ...), by reason.",
             &["reason"],
         );
+        let ledger_closes = counter_vec(
+            &registry,
+            "notimeter_ledger_closes_total",
+            "Billing period closes (scheduled or requested), by result.",
+            &["result"],
+        );
+        let period_start = prometheus::Gauge::new(
+            "notimeter_period_start_timestamp_seconds",
+            "When the open billing period started, in seconds since the Unix epoch.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(period_start.clone()))
+            .expect("unique metric");
         let delivery_latency = HistogramVec::new(
             HistogramOpts::new(
                 "notimeter_delivery_latency_seconds",
@@ -122,7 +138,9 @@ impl Metrics {
             webhook_requests,
             duplicates,
             alerts_undeliverable,
+            ledger_closes,
             outbox_pending,
+            period_start,
             period_notifications,
             users: Mutex::new(HashSet::new()),
             max_user_series,
@@ -147,6 +165,7 @@ impl Metrics {
     pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
         self.outbox_pending.set(store.pending_count().await?);
         let period = store.open_period().await?;
+        self.period_start.set(period.start_at as f64 / 1000.0);
         let mut sums: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
         for row in store.usage(&period.id).await? {
             let user = self.user_label(&row.user_id).to_owned();

@@ -6,6 +6,7 @@
 //! Times are stored as milliseconds since the Unix epoch, so the same statements
 //! and types serve both databases.
 
+mod ledger;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -46,6 +47,13 @@ pub trait Backend: Send + Sync + 'static {
     /// (`$3` is now). PostgreSQL adds `FOR UPDATE SKIP LOCKED` so replicas never
     /// claim the same row.
     fn claim_sql(&self) -> &'static str;
+    /// How a write transaction starts (SQLite: `BEGIN IMMEDIATE`, so a second
+    /// process sharing the file waits instead of failing to upgrade a read).
+    fn begin_write(&self) -> Option<&'static str>;
+    /// Selects the open period's `id, start_at`, locked: shared by transactions
+    /// that record outcomes, exclusive for close and settle, so that no outcome
+    /// straddles a close. (SQLite's single writer serialises them anyway.)
+    fn lock_open_period_sql(&self, exclusive: bool) -> &'static str;
 }
 
 /// Opens (creating it if needed) the database named by `url`.
@@ -159,12 +167,19 @@ pub struct AttemptRecord {
     pub finished_at: Millis,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Period {
     pub id: String,
+    /// Set for a user's settled statement.
     pub user_id: Option<String>,
     pub start_at: Millis,
+    /// None while open.
     pub end_at: Option<Millis>,
+    pub closed_at: Option<Millis>,
+    /// Frozen at close.
+    pub currency: Option<String>,
+    pub bill_failed: Option<bool>,
+    pub report_sha256: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -173,4 +188,31 @@ pub struct UsageRow {
     pub integration: String,
     pub delivered: i64,
     pub failed: i64,
+    /// The unit price frozen at close; None while the period is open.
+    pub unit_price: Option<String>,
+}
+
+/// One message of a period, for the itemized export.
+#[derive(Clone, Debug)]
+pub struct ItemRow {
+    pub message_id: i64,
+    pub final_at: Millis,
+    pub user_id: String,
+    pub integration: String,
+    pub channel_id: String,
+    pub alertnames: String,
+    pub outcome: String,
+    pub attempts: i64,
+    pub last_reason: Option<String>,
+}
+
+/// Prices to freeze into a closing period's rows.
+#[derive(Clone, Debug)]
+pub struct Freeze {
+    pub currency: String,
+    pub bill_failed: bool,
+    /// (integration, unit price) for every integration.
+    pub prices: Vec<(String, String)>,
+    /// (user_id, integration, unit price) overrides.
+    pub user_prices: Vec<(String, String, String)>,
 }

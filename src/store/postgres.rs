@@ -42,6 +42,16 @@ impl Backend for Postgres {
         MIGRATIONS.run(&self.pool).await?;
         Ok(())
     }
+    fn begin_write(&self) -> Option<&'static str> {
+        None
+    }
+    fn lock_open_period_sql(&self, exclusive: bool) -> &'static str {
+        if exclusive {
+            "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL FOR UPDATE"
+        } else {
+            "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL FOR SHARE"
+        }
+    }
     fn claim_sql(&self) -> &'static str {
         "UPDATE messages SET lease_owner = $1, lease_until = $2 \
          WHERE id IN (SELECT id FROM messages \

@@ -10,7 +10,7 @@ use super::{
 use crate::clock::{rfc3339, Millis};
 
 pub struct Store {
-    backend: Box<dyn Backend>,
+    pub(super) backend: Box<dyn Backend>,
 }
 
 fn channel_from_row(row: &AnyRow) -> Result<ChannelRecord> {
@@ -25,32 +25,48 @@ fn channel_from_row(row: &AnyRow) -> Result<ChannelRecord> {
     })
 }
 
-fn period_from_row(row: &AnyRow) -> Result<Period> {
+pub(super) fn period_from_row(row: &AnyRow) -> Result<Period> {
     Ok(Period {
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
         start_at: row.try_get("start_at")?,
         end_at: row.try_get("end_at")?,
+        closed_at: row.try_get("closed_at")?,
+        currency: row.try_get("currency")?,
+        bill_failed: row
+            .try_get::<Option<i64>, _>("bill_failed")?
+            .map(|b| b != 0),
+        report_sha256: row.try_get("report_sha256")?,
     })
 }
+
+pub(super) const PERIOD_COLUMNS: &str =
+    "id, user_id, start_at, end_at, closed_at, currency, bill_failed, report_sha256";
 
 const CHANNEL_COLUMNS: &str =
     "user_id, channel_id, integration, enabled, spec, created_at, updated_at";
 
-/// Period ids are the open time in compact UTC, e.g. `20261101T000000Z`.
+/// Period ids are the open time in compact UTC, e.g. `20261101T000000Z`, with
+/// milliseconds when it has any (`20261124T101500.250Z`).
 pub fn period_id_for(start: Millis) -> String {
-    rfc3339(start)
-        .replace(['-', ':'], "")
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-        + "Z"
+    let compact = rfc3339(start).replace(['-', ':'], "");
+    match compact.strip_suffix(".000Z") {
+        Some(whole_seconds) => format!("{whole_seconds}Z"),
+        None => compact,
+    }
 }
 
 impl Store {
     pub(super) fn new(backend: Box<dyn Backend>) -> Self {
         Self { backend }
+    }
+
+    /// A write transaction, begun as the backend wants it.
+    pub(super) async fn write_tx(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend.begin_write() {
+            Some(statement) => self.backend.writer().begin_with(statement).await?,
+            None => self.backend.writer().begin().await?,
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -82,7 +98,7 @@ impl Store {
 
     /// Creates or replaces a channel; returns true when it was created.
     pub async fn put_channel(&self, ch: &ChannelRecord) -> Result<bool> {
-        let mut tx = self.backend.writer().begin().await?;
+        let mut tx = self.write_tx().await?;
         let existed = sqlx::query("SELECT 1 FROM channels WHERE user_id = $1 AND channel_id = $2")
             .bind(&ch.user_id)
             .bind(&ch.channel_id)
@@ -152,7 +168,7 @@ impl Store {
     /// Records the dedupe key and every message and undeliverable alert in one
     /// transaction. A key seen within its window makes the whole batch a duplicate.
     pub async fn enqueue(&self, batch: &IngestBatch) -> Result<Enqueued> {
-        let mut tx = self.backend.writer().begin().await?;
+        let mut tx = self.write_tx().await?;
         let fresh = sqlx::query(
             "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
@@ -246,7 +262,7 @@ impl Store {
 
     /// Gives leased messages back (on shutdown) so another worker takes them now.
     pub async fn release(&self, owner: &str, ids: &[i64]) -> Result<()> {
-        let mut tx = self.backend.writer().begin().await?;
+        let mut tx = self.write_tx().await?;
         for id in ids {
             sqlx::query(
                 "UPDATE messages SET lease_owner = NULL, lease_until = NULL \
@@ -261,13 +277,19 @@ impl Store {
         Ok(())
     }
 
-    async fn open_period_id(tx: &mut Transaction<'static, Any>) -> Result<String> {
-        sqlx::query("SELECT id FROM periods WHERE end_at IS NULL AND user_id IS NULL")
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|row| row.try_get::<String, _>("id"))
-            .transpose()?
-            .ok_or_else(|| StoreError::Corrupt("no open billing period".into()))
+    /// The open period's id, share-locked for the rest of the transaction. A
+    /// close that commits while this waits leaves no open row in this
+    /// statement's snapshot; the next statement sees the new period.
+    async fn open_period_id(&self, tx: &mut Transaction<'static, Any>) -> Result<String> {
+        for _ in 0..3 {
+            let row = sqlx::query(self.backend.lock_open_period_sql(false))
+                .fetch_optional(&mut **tx)
+                .await?;
+            if let Some(row) = row {
+                return Ok(row.try_get("id")?);
+            }
+        }
+        Err(StoreError::Corrupt("no open billing period".into()))
     }
 
     /// Stores finished attempts in one transaction. Only an owner still holding
@@ -275,7 +297,7 @@ impl Store {
     /// counted by its new holder, never twice. Returns, per record, whether it
     /// was applied.
     pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>> {
-        let mut tx = self.backend.writer().begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut period: Option<String> = None;
         let mut applied = Vec::with_capacity(records.len());
         for r in records {
@@ -313,7 +335,7 @@ impl Store {
                 .rows_affected(),
                 Outcome::Delivered | Outcome::Failed => {
                     if period.is_none() {
-                        period = Some(Self::open_period_id(&mut tx).await?);
+                        period = Some(self.open_period_id(&mut tx).await?);
                     }
                     let state = if r.outcome == Outcome::Delivered { "delivered" } else { "failed" };
                     sqlx::query(
@@ -405,7 +427,10 @@ impl Store {
 
     pub async fn open_period(&self) -> Result<Period> {
         let row = sqlx::query(
-            "SELECT id, user_id, start_at, end_at FROM periods WHERE end_at IS NULL AND user_id IS NULL",
+            format!(
+                "SELECT {PERIOD_COLUMNS} FROM periods WHERE end_at IS NULL AND user_id IS NULL"
+            )
+            .as_str(),
         )
         .fetch_optional(self.backend.reader())
         .await?
@@ -416,7 +441,7 @@ impl Store {
     /// A period's counts, sorted by user_id then integration.
     pub async fn usage(&self, period_id: &str) -> Result<Vec<UsageRow>> {
         let rows = sqlx::query(
-            "SELECT user_id, integration, delivered, failed FROM usage \
+            "SELECT user_id, integration, delivered, failed, unit_price FROM usage \
              WHERE period_id = $1 ORDER BY user_id, integration",
         )
         .bind(period_id)
@@ -429,6 +454,7 @@ impl Store {
                     integration: row.try_get("integration")?,
                     delivered: row.try_get("delivered")?,
                     failed: row.try_get("failed")?,
+                    unit_price: row.try_get("unit_price")?,
                 })
             })
             .collect()
@@ -440,5 +466,9 @@ mod tests {
     #[test]
     fn period_id_is_compact_utc() {
         assert_eq!(super::period_id_for(1_793_491_200_000), "20261101T000000Z");
+        assert_eq!(
+            super::period_id_for(1_793_491_200_250),
+            "20261101T000000.250Z"
+        );
     }
 }

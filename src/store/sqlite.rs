@@ -68,6 +68,12 @@ impl Backend for Sqlite {
         MIGRATIONS.run(&self.writer).await?;
         Ok(())
     }
+    fn begin_write(&self) -> Option<&'static str> {
+        Some("BEGIN IMMEDIATE")
+    }
+    fn lock_open_period_sql(&self, _exclusive: bool) -> &'static str {
+        "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL"
+    }
     fn claim_sql(&self) -> &'static str {
         "UPDATE messages SET lease_owner = $1, lease_until = $2 \
          WHERE id IN (SELECT id FROM messages \
