@@ -166,7 +166,7 @@ impl Ledger {
             .store
             .close_period(boundary, now_ms(), &self.freeze(None))
             .await;
-        let closed = match result {
+        let mut closed = match result {
             Ok(Some(pair)) => pair,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -176,7 +176,7 @@ impl Ledger {
         };
         let written = self.write_report(&closed.0).await;
         self.count_close(written.is_ok());
-        written?;
+        closed.0.report_sha256 = Some(written?);
         info!(closed = %closed.0.id, opened = %closed.1.id, "billing period closed");
         Ok(Some(closed))
     }

@@ -169,10 +169,11 @@ pub fn index(d: &PageData<'_>) -> String {
     for p in d.periods.iter().rev().filter(|p| p.end_at.is_some()) {
         body.push_str(&format!(
             "<tr><td>{id}</td><td>{user}</td><td>{}</td><td>{}</td><td><a href=\"/v1/ledger/periods/{id}.csv\">CSV</a> · \
-             <a href=\"/v1/ledger/periods/{id}/items.csv\">itemized</a></td><td class=\"muted\"><code>{}</code></td></tr>\n",
+             <a href=\"/v1/ledger/periods/{id}/items.csv\">itemized</a></td><td class=\"muted\"><code title=\"{sha}\">{short}…</code></td></tr>\n",
             rfc3339(p.start_at),
             p.end_at.map(rfc3339).unwrap_or_default(),
-            e(p.report_sha256.as_deref().unwrap_or("")),
+            sha = e(p.report_sha256.as_deref().unwrap_or("")),
+            short = e(p.report_sha256.as_deref().unwrap_or("").get(..16).unwrap_or("")),
             id = e(&p.id),
             user = e(p.user_id.as_deref().unwrap_or("all users")),
         ));

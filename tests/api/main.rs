@@ -11,6 +11,8 @@ mod deploy;
 mod guard;
 mod ingest;
 mod integrations;
+mod ledger;
 mod lifecycle;
 mod limits;
 mod metering;
+mod page;
