@@ -47,8 +47,9 @@ async fn pacing_spaces_one_destination_without_holding_back_others(backend: Back
     for (name, got) in [("a", &a), ("b", &b)] {
         for pair in got.windows(2) {
             let gap = pair[1].at - pair[0].at;
+            // Slots space the starts of sends; arrivals jitter by a request's latency.
             assert!(
-                gap >= pace - Duration::from_millis(10),
+                gap >= pace - Duration::from_millis(50),
                 "/{name}: {gap:?} between sends, paced at {pace:?}"
             );
         }

@@ -133,11 +133,8 @@ async fn finance_page_in_headless_chromium() {
         .click()
         .await
         .unwrap();
-    assert!(c
-        .source()
-        .await
-        .unwrap()
-        .contains("not a finance or admin token"));
+    // The click returns before the answer has loaded: wait for it.
+    eventually("the refusal", || async { c.source().await.unwrap().contains("not a finance or admin token") }).await;
     c.find(Locator::Css("#token"))
         .await
         .unwrap()
@@ -150,6 +147,8 @@ async fn finance_page_in_headless_chromium() {
         .click()
         .await
         .unwrap();
+
+    c.wait().for_element(Locator::Css("#open-usage")).await.unwrap();
 
     // The open period's table is the API's usage, row for row.
     let rows = c
