@@ -78,6 +78,7 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str, path: &str) -> Resul
 pub struct Notimeter {
     pub process: Option<Process>,
     pub base: String,
+    pub database_url: String,
     postgres: Option<(String, String)>,
 }
 
@@ -131,6 +132,7 @@ impl Notimeter {
         Ok(Self {
             process: Some(process),
             base,
+            database_url: url,
             postgres,
         })
     }

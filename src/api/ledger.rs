@@ -11,6 +11,7 @@ use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use super::stream;
 use crate::app::AppState;
 use crate::auth::{authorize, authorize_read, Role};
 use crate::clock::rfc3339;
@@ -18,35 +19,6 @@ use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::ledger::csv;
 use crate::store::Period;
-
-/// A buffer the CSV writer fills and the streaming task empties chunk by chunk.
-#[derive(Clone, Default)]
-struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl SharedBuffer {
-    fn len(&self) -> usize {
-        self.0.lock().map(|b| b.len()).unwrap_or(0)
-    }
-    fn take(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .map(|mut b| std::mem::take(&mut *b))
-            .unwrap_or_default()
-    }
-}
-
-impl std::io::Write for SharedBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 pub fn period_json(p: &Period) -> Value {
     json!({
@@ -106,6 +78,33 @@ fn csv_response(filename: String, body: Body, sha256: Option<String>) -> Respons
     response
 }
 
+/// A period's ledger CSV streamed from the store (frozen prices when closed).
+pub fn ledger_body(state: &AppState, period: Period) -> Body {
+    let (store, settings) = (state.store.clone(), state.settings.clone());
+    stream::body(move |chunks| async move {
+        let pricing = csv::Pricing::of(&period, &settings.billing);
+        let mut w = match csv::LedgerWriter::new(chunks.writer(), &period, pricing) {
+            Ok(w) => w,
+            Err(e) => return chunks.fail(e).await,
+        };
+        let mut rows = std::pin::pin!(store.usage_rows(&period.id));
+        while let Some(row) = rows.next().await {
+            if let Err(e) = row
+                .map_err(anyhow::Error::from)
+                .and_then(|r| Ok(w.row(&r)?))
+            {
+                return chunks.fail(e).await;
+            }
+            let _ = w.flush();
+            if !chunks.pass_on(false).await {
+                return;
+            }
+        }
+        let _ = w.flush();
+        chunks.pass_on(true).await;
+    })
+}
+
 /// `GET /v1/ledger/periods/{id}.csv`: a closed period's report, byte for byte
 /// the file in `reports/`; the open period as it stands.
 pub async fn period_csv(
@@ -120,17 +119,24 @@ pub async fn period_csv(
         ))
     })?;
     let period = find(&state, id).await?;
-    let bytes = if period.end_at.is_some() {
-        state.ledger.report(&period).await
+    let filename = format!("notimeter-{}.csv", period.id);
+    let sha = period.report_sha256.clone();
+    let report = if period.end_at.is_some() {
+        state.ledger.intact_report(&period)
     } else {
-        state.ledger.csv(&period).await
-    }
-    .map_err(ApiError::Internal)?;
-    Ok(csv_response(
-        format!("notimeter-{}.csv", period.id),
-        Body::from(bytes),
-        period.report_sha256,
-    ))
+        None
+    };
+    let body = match report {
+        Some(path) => {
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            Body::from_stream(tokio_util::io::ReaderStream::new(file))
+        }
+        // A missing or altered report: the store still has the closed rows.
+        None => ledger_body(&state, period),
+    };
+    Ok(csv_response(filename, body, sha))
 }
 
 /// `GET /v1/ledger/periods/{id}/items.csv`: every message of the period, streamed.
@@ -141,43 +147,31 @@ pub async fn items_csv(
 ) -> Result<Response, ApiError> {
     authorize_read(&state.settings, &headers, Role::Finance)?;
     let period = find(&state, &id).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let store = state.store.clone();
     let period_id = period.id.clone();
-    tokio::spawn(async move {
-        let buffer = SharedBuffer::default();
-        let Ok(mut w) = csv::items_writer(buffer.clone()) else {
+    let body = stream::body(move |chunks| async move {
+        let Ok(mut w) = csv::items_writer(chunks.writer()) else {
             return;
         };
         let mut items = std::pin::pin!(store.items(&period_id));
         while let Some(item) = items.next().await {
-            let written = match item {
-                Ok(item) => {
-                    csv::write_item(&mut w, &period_id, &item).map_err(std::io::Error::other)
-                }
-                Err(e) => Err(std::io::Error::other(e)),
-            };
-            if let Err(e) = written {
-                tracing::error!(error = %e, period_id, "itemized export failed");
-                let _ = tx.send(Err(e)).await;
-                return;
+            if let Err(e) = item
+                .map_err(anyhow::Error::from)
+                .and_then(|i| Ok(csv::write_item(&mut w, &period_id, &i)?))
+            {
+                return chunks.fail(e).await;
             }
-            if buffer.len() >= 60 * 1024 {
-                let _ = w.flush();
-                if tx.send(Ok(buffer.take())).await.is_err() {
-                    return;
-                }
+            let _ = w.flush();
+            if !chunks.pass_on(false).await {
+                return;
             }
         }
         let _ = w.flush();
-        let _ = tx.send(Ok(buffer.take())).await;
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
+        chunks.pass_on(true).await;
     });
     Ok(csv_response(
         format!("notimeter-{}-items.csv", period.id),
-        Body::from_stream(stream),
+        body,
         None,
     ))
 }

@@ -5,6 +5,7 @@ pub mod channels;
 pub mod health;
 pub mod ledger;
 pub mod page;
+pub mod stream;
 pub mod usage;
 
 /// How secrets are shown on reads; sending it back on PUT keeps the stored value.

@@ -45,23 +45,16 @@ pub async fn current_csv(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize_read(&state.settings, &headers, Role::Finance)?;
     let period = state.store.open_period().await?;
-    let body = state
-        .ledger
-        .csv(&period)
-        .await
-        .map_err(ApiError::Internal)?;
+    let filename = format!(
+        "attachment; filename=\"notimeter-{}-current.csv\"",
+        period.id
+    );
     Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!(
-                    "attachment; filename=\"notimeter-{}-current.csv\"",
-                    period.id
-                ),
-            ),
+            (header::CONTENT_DISPOSITION, filename),
         ],
-        body,
+        super::ledger::ledger_body(&state, period),
     ))
 }

@@ -94,38 +94,73 @@ impl Pricing<'_> {
     }
 }
 
-/// Writes a period's rows (sorted by user_id, integration).
-pub fn write<W: std::io::Write>(
-    out: W,
-    period: &Period,
-    rows: &[UsageRow],
-    pricing: &Pricing<'_>,
-) -> Result<(), ::csv::Error> {
-    let mut w = ::csv::WriterBuilder::new()
-        .terminator(::csv::Terminator::CRLF)
-        .from_writer(out);
-    w.write_record(HEADER)?;
-    let start = rfc3339(period.start_at);
-    let end = period.end_at.map(rfc3339).unwrap_or_default();
-    let currency = formula_safe(pricing.currency()).into_owned();
-    let id = formula_safe(&period.id).into_owned();
-    for row in rows {
-        let (unit, amount) = pricing.price(row);
-        w.write_record([
-            id.as_str(),
-            &start,
-            &end,
+/// Writes a period's ledger rows one by one (the caller streams them in
+/// user_id, integration order), so no period is ever held whole in memory.
+pub struct LedgerWriter<'a, W: std::io::Write> {
+    w: ::csv::Writer<W>,
+    pricing: Pricing<'a>,
+    id: String,
+    start: String,
+    end: String,
+    currency: String,
+}
+
+impl<'a, W: std::io::Write> LedgerWriter<'a, W> {
+    pub fn new(out: W, period: &Period, pricing: Pricing<'a>) -> Result<Self, ::csv::Error> {
+        let mut w = ::csv::WriterBuilder::new()
+            .terminator(::csv::Terminator::CRLF)
+            .from_writer(out);
+        w.write_record(HEADER)?;
+        Ok(Self {
+            w,
+            id: formula_safe(&period.id).into_owned(),
+            start: rfc3339(period.start_at),
+            end: period.end_at.map(rfc3339).unwrap_or_default(),
+            currency: formula_safe(pricing.currency()).into_owned(),
+            pricing,
+        })
+    }
+
+    pub fn row(&mut self, row: &UsageRow) -> Result<(), ::csv::Error> {
+        let (unit, amount) = self.pricing.price(row);
+        self.w.write_record([
+            self.id.as_str(),
+            &self.start,
+            &self.end,
             formula_safe(&row.user_id).as_ref(),
             formula_safe(&row.integration).as_ref(),
             &row.delivered.to_string(),
             &row.failed.to_string(),
             &unit.to_string(),
             &amount.to_string(),
-            &currency,
-        ])?;
+            &self.currency,
+        ])
     }
-    w.flush()?;
-    Ok(())
+
+    /// Flushes what is buffered into the underlying writer.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+
+    pub fn finish(self) -> Result<W, ::csv::Error> {
+        self.w
+            .into_inner()
+            .map_err(|e| ::csv::Error::from(e.into_error()))
+    }
+}
+
+/// Writes a period's rows (sorted by user_id, integration) in one go.
+pub fn write<W: std::io::Write>(
+    out: W,
+    period: &Period,
+    rows: &[UsageRow],
+    pricing: Pricing<'_>,
+) -> Result<W, ::csv::Error> {
+    let mut w = LedgerWriter::new(out, period, pricing)?;
+    for row in rows {
+        w.row(row)?;
+    }
+    w.finish()
 }
 
 /// A CSV writer for the itemized export, header written.
@@ -189,12 +224,11 @@ mod tests {
             bill_failed: None,
             report_sha256: None,
         };
-        let mut out = Vec::new();
-        write(
-            &mut out,
+        let out = write(
+            Vec::new(),
             &period,
             &[row("=cmd", 3, 1, None)],
-            &Pricing::Current(&billing),
+            Pricing::Current(&billing),
         )
         .unwrap();
         assert_eq!(

@@ -25,23 +25,54 @@ pub struct Ledger {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder,
-/// fsync, rename, fsync of the folder.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    path.with_extension(format!("tmp.{}", std::process::id()))
+}
+
+/// Moves a written temporary file into place: fsync, rename, fsync of the folder.
+fn publish(tmp: &Path, file: std::fs::File, path: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    let tmp = tmp_path(path);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    publish(&tmp, f, path)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// The SHA-256 of a file, read in pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut f, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 impl Ledger {
@@ -93,41 +124,57 @@ impl Ledger {
         self.settings.reports_dir.join(format!("{period_id}.csv"))
     }
 
-    /// The CSV of a period, generated from the store: frozen prices for a
+    /// Streams a period's CSV from the store into `out`: frozen prices for a
     /// closed period, current ones for the open period.
-    pub async fn csv(&self, period: &Period) -> anyhow::Result<Vec<u8>> {
-        let rows = self.store.usage(&period.id).await?;
-        let mut out = Vec::with_capacity(64 + rows.len() * 96);
-        csv::write(
-            &mut out,
+    pub async fn write_csv<W: Write + Send>(&self, period: &Period, out: W) -> anyhow::Result<W> {
+        use futures::StreamExt;
+        let mut w = csv::LedgerWriter::new(
+            out,
             period,
-            &rows,
-            &csv::Pricing::of(period, &self.settings.billing),
+            csv::Pricing::of(period, &self.settings.billing),
         )?;
-        Ok(out)
+        let mut rows = std::pin::pin!(self.store.usage_rows(&period.id));
+        while let Some(row) = rows.next().await {
+            w.row(&row?)?;
+        }
+        Ok(w.finish()?)
     }
 
-    /// Writes a closed period's report and its `.sha256` (and records the hash).
+    /// A period's CSV in memory (small periods, tests, the CLI into a pipe).
+    pub async fn csv(&self, period: &Period) -> anyhow::Result<Vec<u8>> {
+        self.write_csv(period, Vec::new()).await
+    }
+
+    /// Writes a closed period's report and its `.sha256` (and records the
+    /// hash), streaming from the store into the file.
     pub async fn write_report(&self, period: &Period) -> anyhow::Result<String> {
-        let bytes = self.csv(period).await?;
-        let sha = sha256_hex(&bytes);
         let path = self.report_path(&period.id);
-        write_atomically(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::create_dir_all(&self.settings.reports_dir)
+            .with_context(|| format!("creating {}", self.settings.reports_dir.display()))?;
+        let tmp = tmp_path(&path);
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let out = Hashing {
+            inner: std::io::BufWriter::new(file),
+            hasher: Sha256::new(),
+        };
+        let mut out = self.write_csv(period, out).await?;
+        out.flush()?;
+        let sha = hex::encode(out.hasher.finalize());
+        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        publish(&tmp, file, &path).with_context(|| format!("writing {}", path.display()))?;
         let line = format!("{sha}  {}.csv\n", period.id);
         write_atomically(&path.with_extension("csv.sha256"), line.as_bytes())?;
         self.store.set_report_sha256(&period.id, &sha).await?;
         Ok(sha)
     }
 
-    /// The bytes of a closed period's report: the file if it is intact, else
-    /// generated again (it comes out the same: closed periods never change).
-    pub async fn report(&self, period: &Period) -> anyhow::Result<Vec<u8>> {
-        if let Ok(bytes) = std::fs::read(self.report_path(&period.id)) {
-            if period.report_sha256.as_deref() == Some(sha256_hex(&bytes).as_str()) {
-                return Ok(bytes);
-            }
-        }
-        self.csv(period).await
+    /// The report file of a closed period, if it is there and matches its
+    /// recorded SHA-256.
+    pub fn intact_report(&self, period: &Period) -> Option<PathBuf> {
+        let path = self.report_path(&period.id);
+        let sha = sha256_file(&path).ok()?;
+        (period.report_sha256.as_deref() == Some(sha.as_str())).then_some(path)
     }
 
     /// Writes the reports of closed periods that have none (a crash between the
@@ -138,8 +185,8 @@ impl Ledger {
                 continue;
             }
             let path = self.report_path(&p.id);
-            match (std::fs::read(&path), &p.report_sha256) {
-                (Ok(bytes), Some(sha)) if &sha256_hex(&bytes) == sha => {}
+            match (sha256_file(&path), &p.report_sha256) {
+                (Ok(actual), Some(sha)) if &actual == sha => {}
                 (Ok(_), Some(_)) => {
                     error!(period_id = %p.id, path = %path.display(), "report does not match its recorded SHA-256; left as it is")
                 }

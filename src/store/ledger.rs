@@ -5,7 +5,7 @@ use futures::{Stream, StreamExt};
 use sqlx::{Any, Row, Transaction};
 
 use super::sql::{period_from_row, period_id_for, PERIOD_COLUMNS};
-use super::{Freeze, ItemRow, Period, Result, Store, StoreError};
+use super::{Freeze, ItemRow, Period, Result, Store, StoreError, UsageRow};
 use crate::clock::Millis;
 
 impl Store {
@@ -208,6 +208,29 @@ impl Store {
             .execute(self.backend.writer())
             .await?;
         Ok(())
+    }
+
+    /// A period's ledger rows, sorted by user_id then integration, as a stream.
+    pub fn usage_rows<'a>(
+        &'a self,
+        period_id: &'a str,
+    ) -> impl Stream<Item = Result<UsageRow>> + Send + 'a {
+        sqlx::query(
+            "SELECT user_id, integration, delivered, failed, unit_price FROM usage \
+             WHERE period_id = $1 ORDER BY user_id, integration",
+        )
+        .bind(period_id)
+        .fetch(self.backend.reader())
+        .map(|row| {
+            let row = row?;
+            Ok(UsageRow {
+                user_id: row.try_get("user_id")?,
+                integration: row.try_get("integration")?,
+                delivered: row.try_get("delivered")?,
+                failed: row.try_get("failed")?,
+                unit_price: row.try_get("unit_price")?,
+            })
+        })
     }
 
     /// Every message of a period, in the order they became final.

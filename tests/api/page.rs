@@ -134,7 +134,13 @@ async fn finance_page_in_headless_chromium() {
         .await
         .unwrap();
     // The click returns before the answer has loaded: wait for it.
-    eventually("the refusal", || async { c.source().await.unwrap().contains("not a finance or admin token") }).await;
+    eventually("the refusal", || async {
+        c.source()
+            .await
+            .unwrap()
+            .contains("not a finance or admin token")
+    })
+    .await;
     c.find(Locator::Css("#token"))
         .await
         .unwrap()
@@ -148,7 +154,10 @@ async fn finance_page_in_headless_chromium() {
         .await
         .unwrap();
 
-    c.wait().for_element(Locator::Css("#open-usage")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Css("#open-usage"))
+        .await
+        .unwrap();
 
     // The open period's table is the API's usage, row for row.
     let rows = c
