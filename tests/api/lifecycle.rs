@@ -274,8 +274,37 @@ fn cli_configuration_and_migrate() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_insecure"));
 
+    // `ledger close` closes the open period and writes its report.
+    let reports = dir.path().join("reports");
+    let env = [
+        ("NOTIMETER_DATABASE_URL", db_url.clone()),
+        ("NOTIMETER_REPORTS_DIR", reports.display().to_string()),
+    ];
+    let out = notimeter(&["ledger", "close"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let closed = said.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        reports.join(format!("{closed}.csv")).exists()
+            && reports.join(format!("{closed}.csv.sha256")).exists(),
+        "{said}"
+    );
+    let out = notimeter(&["ledger", "export", "--period", &closed], &env);
+    assert_eq!(
+        out.stdout,
+        std::fs::read(reports.join(format!("{closed}.csv"))).unwrap()
+    );
+    let out = notimeter(&["ledger", "export", "--period", "nope"], &env);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no billing period")
+    );
+
     // --help on each verb.
-    for verb in ["serve", "migrate"] {
+    for verb in ["serve", "migrate", "ledger"] {
         let out = notimeter(&[verb, "--help"], &[]);
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
