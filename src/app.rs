@@ -31,6 +31,8 @@ pub struct AppState {
     /// Poked when new messages are queued, so idle workers start at once.
     pub wake: Arc<Notify>,
     pub ledger: Arc<Ledger>,
+    /// Poked when a channel changes, so the Alertmanager config is rendered again.
+    pub render_trigger: Arc<Notify>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -150,6 +152,7 @@ impl Application {
             registry,
             wake: Arc::new(Notify::new()),
             ledger,
+            render_trigger: Arc::new(Notify::new()),
         };
         Ok(Self { listener, state })
     }
@@ -189,6 +192,7 @@ impl Application {
             state.ledger.clone(),
             shutdown.clone(),
         ));
+        let renders = tokio::spawn(run_renderer(state.clone(), shutdown.clone()));
         let retention = tokio::spawn(scheduler::run_retention(
             state.ledger.clone(),
             shutdown.clone(),
@@ -203,6 +207,7 @@ impl Application {
         shutdown.cancel();
         let _ = pruner.await;
         let _ = closes.await;
+        let _ = renders.await;
         let _ = retention.await;
         if let Err(e) = dispatch_task.await {
             error!(error = %e, "dispatcher task failed");
@@ -210,6 +215,43 @@ impl Application {
         state.store.close().await;
         info!("notimeter stopped");
         served.context("HTTP server failed")
+    }
+}
+
+/// Renders Alertmanager's configuration at start, after channel changes
+/// (debounced: a burst gives one render and one reload) and every
+/// `render.interval`. Does nothing when `render.output` is unset.
+async fn run_renderer(state: AppState, shutdown: CancellationToken) {
+    let settings = state.settings.clone();
+    if settings.render.output.is_none() {
+        return;
+    }
+    let renderer = crate::render::publish::Renderer {
+        store: &state.store,
+        settings: &settings,
+        http: reqwest::Client::new(),
+        metrics: Some(&state.metrics),
+    };
+    loop {
+        match renderer.run(false).await {
+            Ok(outcome) => tracing::debug!(?outcome, "rendered"),
+            Err(e) => {
+                error!(error = %e, "rendering Alertmanager's configuration failed; the last good file stays")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = state.render_trigger.notified() => {}
+            _ = tokio::time::sleep(settings.render.interval) => continue,
+        }
+        // Debounce: wait until changes stop arriving for a moment.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = state.render_trigger.notified() => {}
+                _ = tokio::time::sleep(settings.render.debounce) => break,
+            }
+        }
     }
 }
 

@@ -27,6 +27,35 @@ pub enum Command {
     /// The finance ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Render Alertmanager's configuration from the channels, check it, write
+    /// it atomically and reload Alertmanager (see [render] in the settings).
+    Render {
+        /// Print the candidate instead of writing it.
+        #[arg(long, conflicts_with = "diff")]
+        dry_run: bool,
+        /// Print what would change against the current file, and write nothing.
+        #[arg(long)]
+        diff: bool,
+        /// Publish even an empty result or one that shrinks by more than render.max_shrink.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Import channels from elsewhere.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Channels from the original Consul layout users/<user_id>/alarms/<type>/<alarm_id>/<field>.
+    ConsulExport {
+        /// What `consul kv export users/` wrote.
+        #[arg(required_unless_present = "from_consul")]
+        file: Option<PathBuf>,
+        /// Read the same data live from Consul, e.g. http://127.0.0.1:8500.
+        #[arg(long, value_name = "ADDRESS", conflicts_with = "file")]
+        from_consul: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

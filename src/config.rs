@@ -68,6 +68,7 @@ pub struct Settings {
     pub sms: SmsSettings,
     pub billing: BillingSettings,
     pub retention: RetentionSettings,
+    pub render: RenderSettings,
 }
 
 impl Default for Settings {
@@ -93,6 +94,7 @@ impl Default for Settings {
             sms: SmsSettings::default(),
             billing: BillingSettings::default(),
             retention: RetentionSettings::default(),
+            render: RenderSettings::default(),
         }
     }
 }
@@ -316,6 +318,66 @@ impl Default for RetentionSettings {
     }
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RenderMode {
+    /// One route and one receiver per enabled channel (the original shape).
+    #[default]
+    PerChannel,
+    /// One route grouping by user_id to a single catch-all receiver;
+    /// notimeter applies the channels' matchers itself.
+    Compact,
+}
+
+/// Rendering Alertmanager's configuration from the channels store.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenderSettings {
+    /// The operator's file: global, inhibit_rules, templates, time_intervals
+    /// and root route settings, kept as they are. Unset: a minimal root route.
+    pub base_config: Option<PathBuf>,
+    /// Where the rendered file goes. Unset: `serve` does not render.
+    pub output: Option<PathBuf>,
+    /// Alertmanager to reload (`POST /-/reload`) and confirm through `/metrics`.
+    pub alertmanager_url: Option<String>,
+    /// How Alertmanager reaches notimeter; receivers post to `<public_url>/v1/alertmanager`.
+    pub public_url: String,
+    /// A file Alertmanager reads the ingest token from (never inline).
+    pub credentials_file: Option<PathBuf>,
+    pub mode: RenderMode,
+    /// The amtool used to check a candidate; found on PATH by default, "" to skip.
+    pub amtool: String,
+    /// Refuse to publish a result with this share fewer channels than the current file, unless --force.
+    pub max_shrink: f64,
+    /// In `serve`: wait this long after a channel change, so a burst gives one render.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// In `serve`: render again this often (changes made through another replica).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long to wait for Alertmanager to confirm a reload.
+    #[serde(with = "humantime_serde")]
+    pub reload_timeout: Duration,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        Self {
+            base_config: None,
+            output: None,
+            alertmanager_url: None,
+            public_url: "http://127.0.0.1:9097".into(),
+            credentials_file: None,
+            mode: RenderMode::PerChannel,
+            amtool: "amtool".into(),
+            max_shrink: 0.5,
+            debounce: Duration::from_secs(2),
+            interval: Duration::from_secs(60),
+            reload_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Environment variables under `NOTIMETER_` that are not settings.
 const RESERVED_ENV: &[&str] = &["config", "test_"];
 
@@ -365,6 +427,9 @@ impl Settings {
             return Err("dispatch.max_attempts must be at least 1".into());
         }
         self.billing.parsed_schedule()?;
+        if !(0.0..=1.0).contains(&self.render.max_shrink) {
+            return Err("render.max_shrink is a share between 0 and 1".into());
+        }
         self.billing.parsed_timezone()?;
         if self.retention.interval.is_zero() {
             return Err("retention.interval must be longer than 0s".into());

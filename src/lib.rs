@@ -14,5 +14,6 @@ pub mod error;
 pub mod ingest;
 pub mod ledger;
 pub mod metering;
+pub mod render;
 pub mod store;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use notimeter::cli::{Cli, Command, LedgerCommand};
+use notimeter::cli::{Cli, Command, ImportCommand, LedgerCommand};
 use notimeter::config::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,14 @@ async fn main() -> ExitCode {
             tracing::info!(store = store.backend_name(), "migrations applied");
         }),
         Command::Ledger(verb) => ledger(settings, verb).await,
+        Command::Render {
+            dry_run,
+            diff,
+            force,
+        } => render(settings, dry_run, diff, force).await,
+        Command::Import(ImportCommand::ConsulExport { file, from_consul }) => {
+            import(settings, file, from_consul).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +67,88 @@ async fn ledger(settings: Settings, verb: LedgerCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn render(settings: Settings, dry_run: bool, diff: bool, force: bool) -> anyhow::Result<()> {
+    use notimeter::render::publish::{self, Published, Renderer};
+    let store = notimeter::app::open_store(&settings).await?;
+    let renderer = Renderer {
+        store: &store,
+        settings: &settings,
+        http: reqwest::Client::new(),
+        metrics: None,
+    };
+    if dry_run || diff {
+        let candidate = renderer.candidate().await?;
+        for s in &candidate.skipped {
+            eprintln!("left out: {}/{}: {}", s.user_id, s.channel_id, s.reason);
+        }
+        if dry_run {
+            print!("{}", candidate.yaml);
+        } else {
+            let path = settings
+                .render
+                .output
+                .clone()
+                .unwrap_or_else(|| "alertmanager.yml".into());
+            let current = std::fs::read_to_string(&path).unwrap_or_default();
+            print!(
+                "{}",
+                publish::diff(&current, &candidate.yaml, &path.display().to_string())
+            );
+        }
+        return Ok(());
+    }
+    match renderer.run(force).await? {
+        Published::Unchanged => println!("unchanged: nothing written, nothing reloaded"),
+        Published::Written { reloaded } => println!(
+            "written {}{}",
+            settings
+                .render
+                .output
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display(),
+            if reloaded {
+                "; Alertmanager reloaded and confirmed"
+            } else {
+                ""
+            }
+        ),
+    }
+    Ok(())
+}
+
+async fn import(
+    settings: Settings,
+    file: Option<std::path::PathBuf>,
+    from_consul: Option<String>,
+) -> anyhow::Result<()> {
+    use notimeter::render::consul;
+    let (entries, problems) = match (file, from_consul) {
+        (_, Some(address)) => consul::fetch(&address).await?,
+        (Some(path), None) => {
+            consul::parse(&std::fs::read_to_string(&path)?).map_err(anyhow::Error::msg)?
+        }
+        (None, None) => anyhow::bail!("give an export file or --from-consul"),
+    };
+    let store = notimeter::app::open_store(&settings).await?;
+    let report = consul::import(&store, &settings, &entries).await?;
+    for (user, channel) in &report.imported {
+        println!("imported {user}/{channel}");
+    }
+    for problem in &problems {
+        println!("skipped: {problem}");
+    }
+    for (key, why) in &report.skipped {
+        println!("skipped {key}: {why}");
+    }
+    println!(
+        "{} channel(s) imported, {} skipped",
+        report.imported.len(),
+        report.skipped.len() + problems.len()
+    );
     Ok(())
 }
 

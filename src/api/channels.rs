@@ -75,6 +75,8 @@ pub async fn put(
         ))
     })?;
     let matchers = Matchers::parse_all(&spec.matchers).map_err(ApiError::Unprocessable)?;
+    spec.check_timing(state.settings.dedupe_window)
+        .map_err(ApiError::Unprocessable)?;
     spec.matchers = matchers.to_strings();
     if let Some(previous) = state
         .store
@@ -112,6 +114,7 @@ pub async fn put(
         updated_at: now,
     };
     let created = state.store.put_channel(&record).await?;
+    state.render_trigger.notify_one();
     let stored = state
         .store
         .get_channel(user.as_str(), channel.as_str())
@@ -155,6 +158,7 @@ pub async fn delete(
         .delete_channel(user.as_str(), channel.as_str())
         .await?
     {
+        state.render_trigger.notify_one();
         tracing::info!(user_id = %user, channel_id = %channel, "channel deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

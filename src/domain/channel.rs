@@ -23,6 +23,52 @@ pub struct ChannelSpec {
     pub send_resolved: bool,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Optional Alertmanager timing for this channel's route (per-channel rendering).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_wait: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_interval: Option<String>,
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl ChannelSpec {
+    /// Checks the optional timing: Alertmanager durations, label names, and a
+    /// `repeat_interval` longer than the dedupe window (a legitimate repeat is
+    /// byte-identical, so a shorter one would look like a duplicate).
+    pub fn check_timing(&self, dedupe_window: std::time::Duration) -> Result<(), String> {
+        for (name, value) in [
+            ("group_wait", &self.group_wait),
+            ("group_interval", &self.group_interval),
+            ("repeat_interval", &self.repeat_interval),
+        ] {
+            if let Some(v) = value {
+                let d = humantime::parse_duration(v)
+                    .map_err(|e| format!("{name} {v:?} is not a duration: {e}"))?;
+                if name == "repeat_interval" && d <= dedupe_window {
+                    return Err(format!(
+                        "repeat_interval {v} is not longer than notimeter's dedupe_window ({}): a legitimate \
+                         repeat would look like a duplicate; make it longer",
+                        humantime::format_duration(dedupe_window)
+                    ));
+                }
+            }
+        }
+        for label in self.group_by.iter().flatten() {
+            if label != "..." && !is_label_name(label) {
+                return Err(format!("group_by: {label:?} is not a label name"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn empty_object() -> Value {

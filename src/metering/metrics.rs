@@ -25,6 +25,10 @@ pub struct Metrics {
     pub duplicates: IntCounter,
     pub alerts_undeliverable: IntCounterVec,
     pub ledger_closes: IntCounterVec,
+    pub render_total: IntCounterVec,
+    pub reload_total: IntCounterVec,
+    pub render_channels: IntGauge,
+    pub render_skipped: IntGauge,
     outbox_pending: IntGauge,
     period_start: prometheus::Gauge,
     period_notifications: IntGaugeVec,
@@ -79,6 +83,34 @@ impl Metrics {
             "Billing period closes (scheduled or requested), by result.",
             &["result"],
         );
+        let render_total = counter_vec(
+            &registry,
+            "notimeter_render_total",
+            "Renders of Alertmanager's configuration, by result (published, unchanged, rejected, reload_failed, error).",
+            &["result"],
+        );
+        let reload_total = counter_vec(
+            &registry,
+            "notimeter_alertmanager_reload_total",
+            "Alertmanager reloads after a render, by result (success: confirmed through its /metrics).",
+            &["result"],
+        );
+        let render_channels = IntGauge::new(
+            "notimeter_render_channels",
+            "Channels in the last rendered Alertmanager configuration.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(render_channels.clone()))
+            .expect("unique metric");
+        let render_skipped = IntGauge::new(
+            "notimeter_render_skipped_channels",
+            "Channels left out of the last render because they cannot be rendered (see the log).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(render_skipped.clone()))
+            .expect("unique metric");
         let period_start = prometheus::Gauge::new(
             "notimeter_period_start_timestamp_seconds",
             "When the open billing period started, in seconds since the Unix epoch.",
@@ -139,6 +171,10 @@ impl Metrics {
             duplicates,
             alerts_undeliverable,
             ledger_closes,
+            render_total,
+            reload_total,
+            render_channels,
+            render_skipped,
             outbox_pending,
             period_start,
             period_notifications,

@@ -163,6 +163,19 @@ impl Store {
             .collect()
     }
 
+    /// Every enabled channel, sorted by user_id then channel_id.
+    pub async fn enabled_channels(&self) -> Result<Vec<ChannelRecord>> {
+        let sql = format!(
+            "SELECT {CHANNEL_COLUMNS} FROM channels WHERE enabled = 1 ORDER BY user_id, channel_id"
+        );
+        sqlx::query(&sql)
+            .fetch_all(self.backend.reader())
+            .await?
+            .iter()
+            .map(channel_from_row)
+            .collect()
+    }
+
     // ---- ingest --------------------------------------------------------------
 
     /// Records the dedupe key and every message and undeliverable alert in one

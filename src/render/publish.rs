@@ -1,0 +1,350 @@
+//! Publishing a rendered file: guards, `amtool check-config`, an atomic write
+//! that keeps the previous file as the last good one, then a reload of
+//! Alertmanager confirmed through its `/metrics`; a failed reload puts the
+//! last good file back and reloads that.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::{load_base, render, rendered_channels, Candidate};
+use crate::config::Settings;
+use crate::metering::Metrics;
+use crate::store::Store;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Published {
+    /// The same bytes as the current file: nothing written, nothing reloaded.
+    Unchanged,
+    /// Written (and reloaded, when an Alertmanager URL is set).
+    Written { reloaded: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Render(#[from] super::RenderError),
+    #[error("refused: {0} (use --force to publish anyway)")]
+    Guard(String),
+    #[error("amtool check-config rejected the candidate:\n{0}")]
+    Amtool(String),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "Alertmanager did not take the new configuration ({0}); the last good one was restored"
+    )]
+    Reload(String),
+    #[error("render.output is not set")]
+    NoOutput,
+}
+
+/// The shrink and emptiness guards against the current file.
+pub fn guard(candidate: &Candidate, current: Option<&str>, max_shrink: f64) -> Result<(), String> {
+    let Some(before) = current.and_then(rendered_channels) else {
+        return Ok(());
+    };
+    if before > 0 && candidate.channels == 0 {
+        return Err(format!(
+            "the result has no channels, the current file has {before}"
+        ));
+    }
+    let lost = before.saturating_sub(candidate.channels);
+    if before > 0 && lost as f64 / before as f64 > max_shrink {
+        return Err(format!(
+            "the result has {} channels, {lost} fewer than the current {before} (more than {:.0}% at once)",
+            candidate.channels,
+            max_shrink * 100.0
+        ));
+    }
+    Ok(())
+}
+
+/// `amtool check-config` on the candidate, written next to the output (so
+/// relative template paths resolve the same). Skipped when amtool is "" or
+/// not installed.
+pub fn amtool_check(amtool: &str, yaml: &str, dir: &Path) -> Result<(), PublishError> {
+    if amtool.is_empty() {
+        return Ok(());
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".notimeter-candidate-")
+        .suffix(".yml")
+        .tempfile_in(dir)
+        .map_err(|source| PublishError::Write {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    tmp.write_all(yaml.as_bytes())
+        .map_err(|source| PublishError::Write {
+            path: tmp.path().display().to_string(),
+            source,
+        })?;
+    match std::process::Command::new(amtool)
+        .arg("check-config")
+        .arg(tmp.path())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(PublishError::Amtool(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warn!(
+                amtool,
+                "amtool not found; publishing with the renderer's own checks only"
+            );
+            Ok(())
+        }
+        Err(e) => Err(PublishError::Amtool(e.to_string())),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
+    let err = |source| PublishError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".notimeter-")
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
+}
+
+pub fn last_good_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().unwrap_or_default().to_os_string();
+    name.push(".last-good");
+    output.with_file_name(name)
+}
+
+async fn am_metrics(http: &reqwest::Client, url: &str) -> Result<(f64, f64), String> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .map_err(|e| e.to_string())?;
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v)
+                | prometheus_parse::Value::Counter(v) => Some(v),
+                _ => None,
+            })
+    };
+    Ok((
+        value("alertmanager_config_last_reload_successful")
+            .ok_or("no alertmanager_config_last_reload_successful")?,
+        value("alertmanager_config_hash").ok_or("no alertmanager_config_hash")?,
+    ))
+}
+
+/// Reloads Alertmanager and waits until its `/metrics` confirm the new file:
+/// the last reload succeeded and the config hash changed.
+pub async fn reload(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<(), String> {
+    let url = url.trim_end_matches('/');
+    let (_, before) = am_metrics(http, url).await?;
+    let r = http
+        .post(format!("{url}/-/reload"))
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !r.status().is_success() {
+        return Err(format!(
+            "reload answered {}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default().trim()
+        ));
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ok, hash) = am_metrics(http, url).await?;
+        if ok == 0.0 {
+            return Err("alertmanager_config_last_reload_successful is 0".into());
+        }
+        if hash != before {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("alertmanager_config_hash did not change".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Renders, checks and publishes once.
+pub struct Renderer<'a> {
+    pub store: &'a Store,
+    pub settings: &'a Settings,
+    pub http: reqwest::Client,
+    pub metrics: Option<&'a Metrics>,
+}
+
+impl Renderer<'_> {
+    pub async fn candidate(&self) -> Result<Candidate, PublishError> {
+        let base = load_base(self.settings.render.base_config.as_deref())?;
+        let candidate = render(self.store, self.settings, base).await?;
+        for s in &candidate.skipped {
+            warn!(user_id = %s.user_id, channel_id = %s.channel_id, reason = %s.reason, "channel left out of the rendered config");
+        }
+        if let Some(m) = self.metrics {
+            m.render_channels.set(candidate.channels as i64);
+            m.render_skipped.set(candidate.skipped.len() as i64);
+        }
+        Ok(candidate)
+    }
+
+    fn count(&self, result: &str) {
+        if let Some(m) = self.metrics {
+            m.render_total.with_label_values(&[result]).inc();
+        }
+    }
+
+    fn count_reload(&self, ok: bool) {
+        if let Some(m) = self.metrics {
+            m.reload_total
+                .with_label_values(&[if ok { "success" } else { "failure" }])
+                .inc();
+        }
+    }
+
+    /// Renders and, unless the bytes are unchanged, checks, writes and reloads.
+    pub async fn run(&self, force: bool) -> Result<Published, PublishError> {
+        let result = self.publish(force).await;
+        self.count(match &result {
+            Ok(Published::Unchanged) => "unchanged",
+            Ok(Published::Written { .. }) => "published",
+            Err(PublishError::Guard(_) | PublishError::Amtool(_) | PublishError::Render(_)) => {
+                "rejected"
+            }
+            Err(PublishError::Reload(_)) => "reload_failed",
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn publish(&self, force: bool) -> Result<Published, PublishError> {
+        let output = self
+            .settings
+            .render
+            .output
+            .as_deref()
+            .ok_or(PublishError::NoOutput)?;
+        let candidate = self.candidate().await?;
+        let current = std::fs::read_to_string(output).ok();
+        if current.as_deref() == Some(candidate.yaml.as_str()) {
+            return Ok(Published::Unchanged);
+        }
+        if !force {
+            guard(
+                &candidate,
+                current.as_deref(),
+                self.settings.render.max_shrink,
+            )
+            .map_err(PublishError::Guard)?;
+        }
+        let dir = output
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        amtool_check(&self.settings.render.amtool, &candidate.yaml, dir)?;
+        let last_good = last_good_path(output);
+        if let Some(current) = &current {
+            write_atomically(&last_good, current.as_bytes())?;
+        }
+        write_atomically(output, candidate.yaml.as_bytes())?;
+        info!(output = %output.display(), channels = candidate.channels, "Alertmanager configuration written");
+        let Some(url) = &self.settings.render.alertmanager_url else {
+            return Ok(Published::Written { reloaded: false });
+        };
+        match reload(&self.http, url, self.settings.render.reload_timeout).await {
+            Ok(()) => {
+                self.count_reload(true);
+                info!("Alertmanager reloaded and confirmed the new configuration");
+                Ok(Published::Written { reloaded: true })
+            }
+            Err(why) => {
+                self.count_reload(false);
+                warn!(error = %why, "Alertmanager reload failed; restoring the last good configuration");
+                if let Some(current) = &current {
+                    write_atomically(output, current.as_bytes())?;
+                    if let Err(e) =
+                        reload(&self.http, url, self.settings.render.reload_timeout).await
+                    {
+                        warn!(error = %e, "reloading the last good configuration did not confirm");
+                    }
+                }
+                Err(PublishError::Reload(why))
+            }
+        }
+    }
+}
+
+/// A line diff of `before` → `after`, as `diff -u` shows it.
+pub fn diff(before: &str, after: &str, path: &str) -> String {
+    similar::TextDiff::from_lines(before, after)
+        .unified_diff()
+        .context_radius(3)
+        .header(path, &format!("{path} (rendered)"))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(channels: usize) -> Candidate {
+        Candidate {
+            yaml: String::new(),
+            channels,
+            skipped: vec![],
+        }
+    }
+
+    #[test]
+    fn guards() {
+        let current = format!(
+            "{} (per-channel, channels: 10). x\n",
+            super::super::HEADER_PREFIX
+        );
+        assert!(guard(&candidate(0), Some(&current), 0.5)
+            .unwrap_err()
+            .contains("no channels"));
+        assert!(guard(&candidate(4), Some(&current), 0.5)
+            .unwrap_err()
+            .contains("6 fewer"));
+        assert!(guard(&candidate(5), Some(&current), 0.5).is_ok());
+        assert!(
+            guard(&candidate(0), None, 0.5).is_ok(),
+            "a first render may be empty"
+        );
+        assert!(
+            guard(&candidate(0), Some("route: {}\n"), 0.5).is_ok(),
+            "not our file: no count to compare"
+        );
+    }
+}
