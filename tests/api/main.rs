@@ -16,3 +16,4 @@ mod lifecycle;
 mod limits;
 mod metering;
 mod page;
+mod render;
