@@ -26,6 +26,14 @@ pub struct ChannelView {
     matchers: Vec<String>,
     send_resolved: bool,
     enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_by: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_wait: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeat_interval: Option<String>,
     created_at: String,
     updated_at: String,
 }
@@ -53,6 +61,10 @@ fn view(state: &AppState, rec: &ChannelRecord) -> Result<ChannelView, ApiError> 
         matchers: spec.matchers,
         send_resolved: spec.send_resolved,
         enabled: spec.enabled,
+        group_by: spec.group_by,
+        group_wait: spec.group_wait,
+        group_interval: spec.group_interval,
+        repeat_interval: spec.repeat_interval,
         created_at: rfc3339(rec.created_at),
         updated_at: rfc3339(rec.updated_at),
     })
