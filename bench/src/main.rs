@@ -6,6 +6,7 @@ mod common;
 mod core;
 mod integrations;
 mod ledger;
+mod render;
 
 use std::net::SocketAddr;
 
@@ -27,6 +28,8 @@ enum Verb {
     Integrations(integrations::IntegrationArgs),
     /// Closing a period of 1,000,000 messages, exporting 100,000 rows, peak RSS.
     Ledger(ledger::LedgerArgs),
+    /// Rendering 10,000 users × 3 channels in both modes; amtool, reload, Alertmanager CPU.
+    Render(render::RenderArgs),
     /// (internal) A handler that parses the webhook payload and answers 200 without a store.
     NullServer {
         #[arg(long)]
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
             Verb::Core(args) => core::run(args).await,
             Verb::Integrations(args) => integrations::run(args).await,
             Verb::Ledger(args) => ledger::run(args).await,
+            Verb::Render(args) => render::run(args).await,
             Verb::NullServer { listen } => core::null_server(listen).await,
         }
     })

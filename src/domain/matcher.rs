@@ -109,8 +109,30 @@ impl Matcher {
         })
     }
 
-    /// Parses one matcher such as `severity=~"critical|warning"`.
-    pub fn parse(input: &str) -> Result<Self, String> {
+    /// Checks one matcher's syntax without compiling its regex (cheap: for
+    /// rendering many stored matchers). Returns its canonical text.
+    pub fn check_syntax(input: &str) -> Result<String, String> {
+        let (name, op, value) = Self::split(input)?;
+        if !is_label_name(name) {
+            return Err(format!(
+                "matcher {input:?}: {name:?} is not a valid label name"
+            ));
+        }
+        if matches!(op, MatchOp::Regex | MatchOp::NotRegex) {
+            regex_syntax::Parser::new()
+                .parse(&format!("^(?:{value})$"))
+                .map_err(|e| format!("matcher {input:?}: invalid regex {value:?}: {e}"))?;
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            op,
+            value,
+            regex: None,
+        }
+        .to_string())
+    }
+
+    fn split(input: &str) -> Result<(&str, MatchOp, String), String> {
         let s = input.trim();
         let op_at = s
             .find(['=', '!'])
@@ -129,6 +151,12 @@ impl Matcher {
             return Err(format!("matcher {input:?} has no operator (=, !=, =~, !~)"));
         };
         let value = unquote(value.trim()).map_err(|e| format!("matcher {input:?}: {e}"))?;
+        Ok((name, op, value))
+    }
+
+    /// Parses one matcher such as `severity=~"critical|warning"`.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let (name, op, value) = Self::split(input)?;
         Self::new(name, op, &value).map_err(|e| format!("matcher {input:?}: {e}"))
     }
 
@@ -218,6 +246,25 @@ mod tests {
         assert!(Matcher::parse(r#"a="x"#)
             .unwrap_err()
             .contains("closing quote"));
+    }
+
+    #[test]
+    fn syntax_check_agrees_with_parse() {
+        for m in [
+            r#"a="x""#,
+            r#"a=~"crit.*""#,
+            "a != b",
+            r#"a=~"(""#,
+            "1a=x",
+            "nope",
+            r#"a="x"#,
+        ] {
+            assert_eq!(
+                Matcher::check_syntax(m).ok(),
+                Matcher::parse(m).ok().map(|p| p.to_string()),
+                "{m}"
+            );
+        }
     }
 
     #[test]

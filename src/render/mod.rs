@@ -22,8 +22,7 @@ use serde::Serialize;
 use serde_norway::{Mapping, Value};
 
 use crate::config::{RenderMode, Settings};
-use crate::domain::{ChannelSpec, Matchers};
-use crate::ingest::route::parse_channel;
+use crate::domain::{ChannelId, ChannelSpec, Matcher, UserId};
 use crate::store::{Store, StoreError};
 
 /// The receiver alerts go to when no channel route takes them (the catch-all).
@@ -160,12 +159,35 @@ pub fn load_base(path: Option<&Path>) -> Result<Mapping, RenderError> {
     }
 }
 
-/// Why a stored channel cannot be rendered, if it cannot.
-fn unrenderable(spec: &ChannelSpec, settings: &Settings) -> Option<String> {
-    if let Err(e) = Matchers::parse_all(&spec.matchers) {
-        return Some(e);
-    }
-    spec.check_timing(settings.dedupe_window).err()
+/// A stored channel ready to render: ids checked, matchers in canonical text
+/// (syntax checked, regexes not compiled: rendering needs text, not matching).
+struct Renderable {
+    user_id: String,
+    channel_id: String,
+    matchers: Vec<String>,
+    spec: ChannelSpec,
+}
+
+fn renderable(
+    rec: &crate::store::ChannelRecord,
+    settings: &Settings,
+) -> Result<Renderable, String> {
+    UserId::parse(&rec.user_id)?;
+    ChannelId::parse(&rec.channel_id)?;
+    let spec: ChannelSpec =
+        serde_json::from_str(&rec.spec).map_err(|e| format!("stored channel is corrupt: {e}"))?;
+    let matchers = spec
+        .matchers
+        .iter()
+        .map(|m| Matcher::check_syntax(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    spec.check_timing(settings.dedupe_window)?;
+    Ok(Renderable {
+        user_id: rec.user_id.clone(),
+        channel_id: rec.channel_id.clone(),
+        matchers,
+        spec,
+    })
 }
 
 /// Renders the configuration for `base` and the enabled channels in `store`.
@@ -177,20 +199,13 @@ pub async fn render(
     let mut skipped = Vec::new();
     let mut channels = Vec::new();
     for rec in store.enabled_channels().await? {
-        match parse_channel(&rec) {
-            Err(e) => skipped.push(Skipped {
+        match renderable(&rec, settings) {
+            Err(reason) => skipped.push(Skipped {
                 user_id: rec.user_id,
                 channel_id: rec.channel_id,
-                reason: e,
+                reason,
             }),
-            Ok(ch) => match unrenderable(&ch.spec, settings) {
-                Some(reason) => skipped.push(Skipped {
-                    user_id: rec.user_id,
-                    channel_id: rec.channel_id,
-                    reason,
-                }),
-                None => channels.push(ch),
-            },
+            Ok(ch) => channels.push(ch),
         }
     }
     channels.sort_by(|a, b| (&a.user_id, &a.channel_id).cmp(&(&b.user_id, &b.channel_id)));
@@ -229,9 +244,9 @@ pub async fn render(
     match settings.render.mode {
         RenderMode::PerChannel => {
             for ch in &channels {
-                let name = receiver_name(ch.user_id.as_str(), ch.channel_id.as_str());
+                let name = receiver_name(&ch.user_id, &ch.channel_id);
                 let mut matchers = vec![format!("user_id=\"{}\"", ch.user_id)];
-                matchers.extend(ch.matchers.to_strings());
+                matchers.extend(ch.matchers.iter().cloned());
                 routes.push(to_value(&Route {
                     receiver: name.clone(),
                     matchers,
@@ -348,7 +363,7 @@ fn check(doc: &Value) -> Result<(), RenderError> {
             .flatten()
         {
             let m = m.as_str().ok_or("a matcher is not a string")?;
-            crate::domain::Matcher::parse(m)?;
+            crate::domain::Matcher::check_syntax(m)?;
         }
         for l in route
             .get("group_by")
