@@ -542,3 +542,51 @@ async fn consul_import_creates_the_expected_channels_and_reports_the_bad_one() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 channel(s) imported, 0 skipped"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_cannot_be_rendered_is_left_out_and_the_rest_published() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let ok = json!({"type": "webhook", "settings": {"url": "http://127.0.0.1:9/x"}, "repeat_interval": "4h"});
+    let short = json!({"type": "webhook", "settings": {"url": "http://127.0.0.1:9/x"}, "repeat_interval": "2m"});
+    assert_eq!(app.put_channel("u1", "ok", ok).await.status(), 201);
+    assert_eq!(app.put_channel("u2", "short", short).await.status(), 201);
+    // The operator raises the dedupe window past u2's repeat_interval.
+    let config = app.dir.path().join("wide-window.toml");
+    let out_path = app.dir.path().join("am.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{}\"\ndedupe_window = \"5m\"\n[render]\noutput = \"{}\"\n",
+            app.database_url,
+            out_path.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_notimeter"))
+        .arg("--config")
+        .arg(&config)
+        .arg("render")
+        .env_remove("NOTIMETER_CONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("channel left out of the rendered config")
+            && logs.contains("u2")
+            && logs.contains("dedupe_window"),
+        "{logs}"
+    );
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert!(
+        text.contains("notimeter/u1/ok") && !text.contains("notimeter/u2/short"),
+        "{text}"
+    );
+    assert!(text.starts_with("# Rendered by notimeter (per-channel, channels: 1)"));
+    app.stop().await;
+}
