@@ -19,7 +19,7 @@ use super::{
     parse_settings, template, Integration, Reason, SendContext, SendError, Sent, ValidateContext,
 };
 use crate::config::{SmtpSettings, SmtpTls};
-use crate::domain::{Alert, AlertStatus, WebhookPayload};
+use crate::domain::{Alert, WebhookPayload};
 
 struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -142,16 +142,7 @@ fn html_alerts(out: &mut String, title: &str, alerts: &[&Alert]) {
 /// count and group labels, a link to Alertmanager, then firing and resolved alerts.
 pub fn html_body(p: &WebhookPayload) -> String {
     let e = template::html_escape;
-    let firing: Vec<&Alert> = p
-        .alerts
-        .iter()
-        .filter(|a| a.status == AlertStatus::Firing)
-        .collect();
-    let resolved: Vec<&Alert> = p
-        .alerts
-        .iter()
-        .filter(|a| a.status == AlertStatus::Resolved)
-        .collect();
+    let (firing, resolved) = template::by_status(p);
     let (color, headline) = if firing.is_empty() {
         (
             "#68B90F",

@@ -63,19 +63,18 @@ pub fn text_alert_list<'a>(alerts: impl Iterator<Item = &'a Alert>) -> String {
     out
 }
 
+/// A payload's alerts split into (firing, resolved), as `.Alerts.Firing` and
+/// `.Alerts.Resolved` are in Alertmanager's templates.
+pub fn by_status(p: &WebhookPayload) -> (Vec<&Alert>, Vec<&Alert>) {
+    p.alerts
+        .iter()
+        .partition(|a| a.status == AlertStatus::Firing)
+}
+
 /// The body of Alertmanager's default Telegram message (and of the text part of
 /// notimeter's email): the firing alerts, then the resolved ones.
 pub fn firing_and_resolved(p: &WebhookPayload) -> String {
-    let firing: Vec<&Alert> = p
-        .alerts
-        .iter()
-        .filter(|a| a.status == AlertStatus::Firing)
-        .collect();
-    let resolved: Vec<&Alert> = p
-        .alerts
-        .iter()
-        .filter(|a| a.status == AlertStatus::Resolved)
-        .collect();
+    let (firing, resolved) = by_status(p);
     let mut out = String::new();
     if !firing.is_empty() {
         out.push_str("Alerts Firing:\n");

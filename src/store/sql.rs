@@ -453,24 +453,8 @@ impl Store {
 
     /// A period's counts, sorted by user_id then integration.
     pub async fn usage(&self, period_id: &str) -> Result<Vec<UsageRow>> {
-        let rows = sqlx::query(
-            "SELECT user_id, integration, delivered, failed, unit_price FROM usage \
-             WHERE period_id = $1 ORDER BY user_id, integration",
-        )
-        .bind(period_id)
-        .fetch_all(self.backend.reader())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(UsageRow {
-                    user_id: row.try_get("user_id")?,
-                    integration: row.try_get("integration")?,
-                    delivered: row.try_get("delivered")?,
-                    failed: row.try_get("failed")?,
-                    unit_price: row.try_get("unit_price")?,
-                })
-            })
-            .collect()
+        use futures::TryStreamExt;
+        self.usage_rows(period_id).try_collect().await
     }
 }
 

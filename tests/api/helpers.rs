@@ -503,6 +503,26 @@ impl Sink {
     }
 }
 
+/// Whether `binary --version` runs (tests that need it say they are skipped otherwise).
+pub fn installed(binary: &str) -> bool {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A child process killed when the test is done with it (or fails).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A real SMTP server (tests/smtp_server.py on aiosmtpd); `None` when Debian's
 /// python3-aiosmtpd is not installed.
 pub struct SmtpServer {

@@ -53,26 +53,9 @@ async fn app_with_traffic() -> (TestApp, Sink) {
     (app, sink)
 }
 
-fn available(binary: &str) -> bool {
-    Command::new(binary)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finance_page_in_headless_chromium() {
-    if !available("chromedriver") || !available("chromium") {
+    if !installed("chromedriver") || !installed("chromium") {
         eprintln!("skipped: chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)");
         return;
     }

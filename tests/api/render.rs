@@ -11,15 +11,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-fn has(binary: &str) -> bool {
-    Command::new(binary)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Runs the binary with a settings file that names the app's database.
 fn notimeter(app: &TestApp, render: &str, args: &[&str]) -> std::process::Output {
     let config = app
@@ -89,7 +80,7 @@ async fn add_users(app: &TestApp, from: usize, to: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amtool_accepts_0_1_and_1000_users_in_both_modes() {
-    if !has("amtool") {
+    if !installed("amtool") {
         eprintln!("skipped: amtool is not installed (apt-get install prometheus-alertmanager)");
         return;
     }
@@ -130,7 +121,7 @@ async fn amtool_accepts_0_1_and_1000_users_in_both_modes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_send_u2s_alert_to_u2s_matching_receivers_only() {
-    if !has("amtool") {
+    if !installed("amtool") {
         eprintln!("skipped: amtool is not installed");
         return;
     }
@@ -237,14 +228,6 @@ async fn guards_diff_dry_run_and_unchanged() {
     app.stop().await;
 }
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_alertmanager(config: &Path, data: PathBuf) -> (KillOnDrop, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -278,7 +261,7 @@ async fn am_config_hash(http: &reqwest::Client, am: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_reloads_a_real_alertmanager_and_keeps_the_last_good_config() {
-    if !has("prometheus-alertmanager") || !has("amtool") {
+    if !installed("prometheus-alertmanager") || !installed("amtool") {
         eprintln!("skipped: prometheus-alertmanager is not installed");
         return;
     }
@@ -395,7 +378,7 @@ async fn serve_reloads_a_real_alertmanager_and_keeps_the_last_good_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_reload_restores_the_last_good_file() {
-    if !has("prometheus-alertmanager") {
+    if !installed("prometheus-alertmanager") {
         eprintln!("skipped: prometheus-alertmanager is not installed");
         return;
     }
