@@ -573,3 +573,34 @@ async fn a_channel_that_cannot_be_rendered_is_left_out_and_the_rest_published() 
     assert!(text.starts_with("# Rendered by notimeter (per-channel, channels: 1)"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_channel_changes_gives_one_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("am.yml");
+    let app = spawn_app_with(&Backend::Sqlite, |s| {
+        s.render.output = Some(out_path.clone());
+        s.render.amtool = String::new();
+        s.render.debounce = Duration::from_millis(400);
+    })
+    .await;
+    let published = || app.metric("notimeter_render_total", &[("result", "published")]);
+    eventually("the first render", || async { published().await == 1.0 }).await;
+    for u in 0..5 {
+        app.add_webhook(&format!("u{u}"), "hook", "http://127.0.0.1:9/x")
+            .await;
+    }
+    eventually("the burst's render", || async {
+        std::fs::read_to_string(&out_path)
+            .unwrap()
+            .contains("channels: 5")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        published().await,
+        2.0,
+        "five changes in a burst, one render"
+    );
+    app.stop().await;
+}
