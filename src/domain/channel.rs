@@ -1,5 +1,6 @@
 //! A user's notification channel, as the admin API takes it.
 
+use super::matcher::is_label_name;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -32,12 +33,6 @@ pub struct ChannelSpec {
     pub group_interval: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_interval: Option<String>,
-}
-
-fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl ChannelSpec {

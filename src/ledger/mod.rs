@@ -13,6 +13,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
+use crate::atomic::{self, AtomicFile};
 use crate::clock::{now_ms, Millis};
 use crate::config::Settings;
 use crate::metering::Metrics;
@@ -40,27 +41,6 @@ impl<W: Write> Write for Hashing<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    path.with_extension(format!("tmp.{}", std::process::id()))
-}
-
-/// Moves a written temporary file into place: fsync, rename, fsync of the folder.
-fn publish(tmp: &Path, file: std::fs::File, path: &Path) -> std::io::Result<()> {
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
-}
-
-/// Writes `bytes` to `path` atomically.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    publish(&tmp, f, path)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -149,22 +129,22 @@ impl Ledger {
     /// hash), streaming from the store into the file.
     pub async fn write_report(&self, period: &Period) -> anyhow::Result<String> {
         let path = self.report_path(&period.id);
-        std::fs::create_dir_all(&self.settings.reports_dir)
-            .with_context(|| format!("creating {}", self.settings.reports_dir.display()))?;
-        let tmp = tmp_path(&path);
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let out = Hashing {
-            inner: std::io::BufWriter::new(file),
-            hasher: Sha256::new(),
+        let mut file =
+            AtomicFile::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // The writer borrows the file only within this block.
+        let sha = {
+            let out = Hashing {
+                inner: std::io::BufWriter::new(file.file()),
+                hasher: Sha256::new(),
+            };
+            let Hashing { inner, hasher } = self.write_csv(period, out).await?;
+            inner.into_inner().map_err(|e| e.into_error())?;
+            hex::encode(hasher.finalize())
         };
-        let mut out = self.write_csv(period, out).await?;
-        out.flush()?;
-        let sha = hex::encode(out.hasher.finalize());
-        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
-        publish(&tmp, file, &path).with_context(|| format!("writing {}", path.display()))?;
+        file.commit()
+            .with_context(|| format!("writing {}", path.display()))?;
         let line = format!("{sha}  {}.csv\n", period.id);
-        write_atomically(&path.with_extension("csv.sha256"), line.as_bytes())?;
+        atomic::write(&path.with_extension("csv.sha256"), line.as_bytes())?;
         self.store.set_report_sha256(&period.id, &sha).await?;
         Ok(sha)
     }

@@ -15,6 +15,7 @@
 pub mod consul;
 pub mod publish;
 
+use crate::domain::matcher::is_label_name;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -313,12 +314,6 @@ pub fn rendered_channels(file: &str) -> Option<usize> {
     let rest = first.strip_prefix(HEADER_PREFIX)?;
     let n = rest.split("channels: ").nth(1)?;
     n.split(')').next()?.trim().parse().ok()
-}
-
-fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The renderer's own checks: unique receiver names, every route's receiver

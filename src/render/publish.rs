@@ -107,24 +107,10 @@ pub fn amtool_check(amtool: &str, yaml: &str, dir: &Path) -> Result<(), PublishE
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
-    let err = |source| PublishError::Write {
+    crate::atomic::write(path, bytes).map_err(|source| PublishError::Write {
         path: path.display().to_string(),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".notimeter-")
-        .tempfile_in(dir)
-        .map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)
+    })
 }
 
 pub fn last_good_path(output: &Path) -> PathBuf {
