@@ -78,7 +78,11 @@ async fn handle(
         messages: plan.messages,
         undeliverable: plan.undeliverable,
     };
-    match state.store.enqueue(&batch).await? {
+    let (messages, undeliverable_reasons): (usize, Vec<&'static str>) = (
+        batch.messages.len(),
+        batch.undeliverable.iter().map(|u| u.reason).collect(),
+    );
+    match state.store.enqueue(batch).await? {
         Enqueued::Duplicate => {
             state.metrics.duplicates.inc();
             info!(
@@ -96,21 +100,21 @@ async fn handle(
                     .with_label_values(&[label])
                     .inc();
             }
-            for u in &batch.undeliverable {
+            for reason in &undeliverable_reasons {
                 state
                     .metrics
                     .alerts_undeliverable
-                    .with_label_values(&[u.reason])
+                    .with_label_values(&[reason])
                     .inc();
             }
-            if !batch.messages.is_empty() {
+            if messages > 0 {
                 state.wake.notify_one();
             }
             Ok(json!({
                 "status": "accepted",
                 "alerts": envelope.alerts.len(),
-                "messages": batch.messages.len(),
-                "undeliverable": batch.undeliverable.len(),
+                "messages": messages,
+                "undeliverable": undeliverable_reasons.len(),
             }))
         }
     }

@@ -54,6 +54,17 @@ impl Store {
         now: Millis,
         f: &Freeze,
     ) -> Result<Option<(Period, Period)>> {
+        let f = f.clone();
+        self.detached(move |store| async move { store.close_period_now(boundary, now, &f).await })
+            .await
+    }
+
+    async fn close_period_now(
+        &self,
+        boundary: Millis,
+        now: Millis,
+        f: &Freeze,
+    ) -> Result<Option<(Period, Period)>> {
         let mut tx = self.write_tx().await?;
         let (open, start) = self.lock_open_period(&mut tx).await?;
         if boundary <= start {
@@ -133,6 +144,12 @@ impl Store {
     /// in the open period restarts from zero. Settling twice gives an empty
     /// second statement.
     pub async fn settle(&self, user_id: &str, now: Millis, f: &Freeze) -> Result<Period> {
+        let (user_id, f) = (user_id.to_owned(), f.clone());
+        self.detached(move |store| async move { store.settle_now(&user_id, now, &f).await })
+            .await
+    }
+
+    async fn settle_now(&self, user_id: &str, now: Millis, f: &Freeze) -> Result<Period> {
         let mut tx = self.write_tx().await?;
         let (open, start) = self.lock_open_period(&mut tx).await?;
         let last: Option<Millis> = sqlx::query(
@@ -263,6 +280,11 @@ impl Store {
     /// Drops the attempts and payloads of messages final before `before` in
     /// closed periods. The message rows (the itemized ledger) stay.
     pub async fn prune(&self, before: Millis) -> Result<(u64, u64)> {
+        self.detached(move |store| async move { store.prune_now(before).await })
+            .await
+    }
+
+    async fn prune_now(&self, before: Millis) -> Result<(u64, u64)> {
         let mut tx = self.write_tx().await?;
         let attempts = sqlx::query(
             "DELETE FROM attempts WHERE message_id IN (SELECT m.id FROM messages m JOIN periods p ON p.id = m.period_id \

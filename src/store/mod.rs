@@ -30,6 +30,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the store operation was interrupted: {0}")]
+    Interrupted(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -59,10 +61,10 @@ pub trait Backend: Send + Sync + 'static {
 /// Opens (creating it if needed) the database named by `url`.
 pub async fn connect(url: &str) -> Result<Arc<Store>> {
     sqlx::any::install_default_drivers();
-    let backend: Box<dyn Backend> = if url.starts_with("sqlite:") {
-        Box::new(sqlite::Sqlite::connect(url).await?)
+    let backend: Arc<dyn Backend> = if url.starts_with("sqlite:") {
+        Arc::new(sqlite::Sqlite::connect(url).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Box::new(postgres::Postgres::connect(url).await?)
+        Arc::new(postgres::Postgres::connect(url).await?)
     } else {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     };

@@ -1,5 +1,8 @@
 //! The statements both databases share (`$N` placeholders work in both).
 
+use std::future::Future;
+use std::sync::Arc;
+
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
@@ -9,8 +12,10 @@ use super::{
 };
 use crate::clock::{rfc3339, Millis};
 
+/// The store. Cheap to clone: clones share the backend's pools.
+#[derive(Clone)]
 pub struct Store {
-    pub(super) backend: Box<dyn Backend>,
+    pub(super) backend: Arc<dyn Backend>,
 }
 
 fn channel_from_row(row: &AnyRow) -> Result<ChannelRecord> {
@@ -57,8 +62,23 @@ pub fn period_id_for(start: Millis) -> String {
 }
 
 impl Store {
-    pub(super) fn new(backend: Box<dyn Backend>) -> Self {
+    pub(super) fn new(backend: Arc<dyn Backend>) -> Self {
         Self { backend }
+    }
+
+    /// Runs a write on a task of its own and waits for it. The caller may
+    /// go away at any await (a client hanging up, a timeout): the write still
+    /// runs to its commit or rollback, so no connection is ever returned to
+    /// the pool inside a transaction, and what was written is whole.
+    pub(super) async fn detached<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(op(self.clone()))
+            .await
+            .map_err(|e| StoreError::Interrupted(e.to_string()))?
     }
 
     /// A write transaction, begun as the backend wants it.
@@ -98,6 +118,12 @@ impl Store {
 
     /// Creates or replaces a channel; returns true when it was created.
     pub async fn put_channel(&self, ch: &ChannelRecord) -> Result<bool> {
+        let ch = ch.clone();
+        self.detached(move |store| async move { store.put_channel_now(&ch).await })
+            .await
+    }
+
+    async fn put_channel_now(&self, ch: &ChannelRecord) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let existed = sqlx::query("SELECT 1 FROM channels WHERE user_id = $1 AND channel_id = $2")
             .bind(&ch.user_id)
@@ -180,7 +206,12 @@ impl Store {
 
     /// Records the dedupe key and every message and undeliverable alert in one
     /// transaction. A key seen within its window makes the whole batch a duplicate.
-    pub async fn enqueue(&self, batch: &IngestBatch) -> Result<Enqueued> {
+    pub async fn enqueue(&self, batch: IngestBatch) -> Result<Enqueued> {
+        self.detached(move |store| async move { store.enqueue_now(&batch).await })
+            .await
+    }
+
+    async fn enqueue_now(&self, batch: &IngestBatch) -> Result<Enqueued> {
         let mut tx = self.write_tx().await?;
         let fresh = sqlx::query(
             "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
@@ -275,6 +306,12 @@ impl Store {
 
     /// Gives leased messages back (on shutdown) so another worker takes them now.
     pub async fn release(&self, owner: &str, ids: &[i64]) -> Result<()> {
+        let (owner, ids) = (owner.to_owned(), ids.to_vec());
+        self.detached(move |store| async move { store.release_now(&owner, &ids).await })
+            .await
+    }
+
+    async fn release_now(&self, owner: &str, ids: &[i64]) -> Result<()> {
         let mut tx = self.write_tx().await?;
         for id in ids {
             sqlx::query(
@@ -310,6 +347,12 @@ impl Store {
     /// counted by its new holder, never twice. Returns, per record, whether it
     /// was applied.
     pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>> {
+        let (owner, records) = (owner.to_owned(), records.to_vec());
+        self.detached(move |store| async move { store.record_now(&owner, &records).await })
+            .await
+    }
+
+    async fn record_now(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>> {
         let mut tx = self.write_tx().await?;
         let mut period: Option<String> = None;
         let mut applied = Vec::with_capacity(records.len());

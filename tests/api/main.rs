@@ -5,6 +5,7 @@
 mod helpers;
 
 mod alertmanager;
+mod cancel;
 mod channels;
 mod delivery;
 mod deploy;

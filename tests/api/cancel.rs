@@ -1,0 +1,222 @@
+//! Callers that go away: a store operation dropped at any await point, and
+//! webhook clients that hang up mid-request, must leave the store usable, lose
+//! nothing accepted and deliver nothing twice.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use notimeter::clock::now_ms;
+use notimeter::store::{self, Enqueued, IngestBatch, NewMessage};
+use rand::Rng;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+/// Polls the inner future at most `polls` times, then gives up on it (drops
+/// it), as a request handler is dropped when its client hangs up.
+struct DropAfter<F> {
+    inner: Pin<Box<F>>,
+    polls: usize,
+}
+
+impl<F: Future> Future for DropAfter<F> {
+    type Output = Option<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.polls == 0 {
+            return Poll::Ready(None);
+        }
+        self.polls -= 1;
+        self.inner.as_mut().poll(cx).map(Some)
+    }
+}
+
+fn batch(key: &str, channel: &str) -> IngestBatch {
+    let now = now_ms();
+    let message = |n: usize| NewMessage {
+        user_id: "u1".into(),
+        channel_id: channel.into(),
+        integration: "webhook".into(),
+        payload: json!({"n": n}).to_string(),
+        alert_count: 1,
+        alertnames: "a".into(),
+    };
+    IngestBatch {
+        dedupe_key: key.into(),
+        now,
+        dedupe_expires_at: now + 60_000,
+        messages: vec![message(1), message(2)],
+        undeliverable: vec![],
+    }
+}
+
+/// Drops an enqueue after 0, 1, 2, … polls — at every await point it has —
+/// and enqueues again after each drop: the next enqueue must work, and each
+/// dropped batch is either wholly stored or not at all.
+async fn enqueue_dropped_at_every_await_point(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+
+    let mut dropped = 0;
+    for polls in 0.. {
+        let fut = store.enqueue(batch(&format!("dropped-{polls}"), &format!("d{polls}")));
+        let outcome = DropAfter {
+            inner: Box::pin(fut),
+            polls,
+        }
+        .await;
+        if let Some(done) = outcome {
+            assert_eq!(done.unwrap(), Enqueued::Accepted);
+            assert!(polls > 0);
+            break;
+        }
+        dropped += 1;
+        let again = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.enqueue(batch(&format!("after-{polls}"), &format!("a{polls}"))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("enqueue after a drop at poll {polls} hung"));
+        assert_eq!(
+            again.unwrap_or_else(|e| panic!("enqueue after a drop at poll {polls}: {e:?}")),
+            Enqueued::Accepted
+        );
+        if matches!(backend, Backend::Postgres(_)) {
+            // No connection is left holding a transaction open.
+            eventually("no connection idle in a transaction", || async {
+                let open: i64 = query_one(
+                    &db.url,
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state LIKE 'idle in transaction%'",
+                )
+                .await;
+                open == 0
+            })
+            .await;
+        }
+        assert!(polls < 10_000, "enqueue never completed");
+    }
+    assert!(dropped > 0);
+    store.close().await;
+    drop(store);
+
+    // Every batch is whole or absent: two messages per channel, or none.
+    for polls in 0..dropped {
+        let n: i64 = query_one(
+            &db.url,
+            &format!("SELECT COUNT(*) FROM messages WHERE channel_id = 'd{polls}'"),
+        )
+        .await;
+        assert!(
+            n == 0 || n == 2,
+            "batch dropped at poll {polls} left {n} messages"
+        );
+        let n: i64 = query_one(
+            &db.url,
+            &format!("SELECT COUNT(*) FROM messages WHERE channel_id = 'a{polls}'"),
+        )
+        .await;
+        assert_eq!(n, 2, "the enqueue after poll {polls}");
+    }
+}
+
+/// Sends a raw HTTP request and hangs up at a random moment within 4 ms.
+async fn post_and_hang_up(addr: std::net::SocketAddr, body: Vec<u8>) {
+    let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    let head = format!(
+        "POST /v1/alertmanager HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {INGEST_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes()).await;
+    let _ = conn.write_all(&body).await;
+    let wait = rand::rng().random_range(0..4_000);
+    tokio::time::sleep(Duration::from_micros(wait)).await;
+    drop(conn);
+}
+
+/// 3,000 one-alert payloads from 32 clients that hang up within 4 ms of
+/// sending; afterwards ingest, readiness and delivery work, nothing accepted
+/// is lost or delivered twice, and shutdown ends in time.
+async fn clients_hanging_up_do_not_wedge_the_store(backend: Backend) {
+    let sink = Sink::start().await;
+    let app = spawn_app(&backend).await;
+    app.add_webhook("u1", "hook", &sink.url("/hook")).await;
+
+    let clients: Vec<_> = (0..32)
+        .map(|client| {
+            let addr = app.addr;
+            tokio::spawn(async move {
+                for i in 0..94 {
+                    let seq = format!("{client}-{i}");
+                    let mut a = alert("HangUp", Some("u1"), &format!("fp-{seq}"));
+                    a["labels"]["seq"] = json!(seq);
+                    let p = payload("catch-all", &format!("{{}}:{{seq=\"{seq}\"}}"), vec![a]);
+                    post_and_hang_up(addr, serde_json::to_vec(&p).unwrap()).await;
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // Ingest still works, on every request.
+    for i in 0..20 {
+        let mut a = alert("After", Some("u1"), &format!("after-{i}"));
+        a["labels"]["seq"] = json!(format!("after-{i}"));
+        let r = app
+            .post_alerts(&payload("catch-all", &format!("after-{i}"), vec![a]))
+            .await;
+        assert_eq!(r.status(), 200, "ingest after the hang-ups");
+    }
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    app.wait_idle().await;
+
+    // Every stored message was delivered once; nothing is left pending.
+    let stored: i64 = query_one(&app.database_url, "SELECT COUNT(*) FROM messages").await;
+    let delivered: i64 = query_one(
+        &app.database_url,
+        "SELECT COUNT(*) FROM messages WHERE state = 'delivered'",
+    )
+    .await;
+    assert_eq!(delivered, stored, "every accepted message delivered");
+    let received = sink.received_on("/hook");
+    assert_eq!(received.len() as i64, stored, "one request per message");
+    let mut seqs: Vec<String> = received
+        .iter()
+        .flat_map(|r| {
+            r.json()["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["labels"]["seq"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let total = seqs.len();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), total, "an alert was delivered twice");
+    for i in 0..20 {
+        assert!(seqs.contains(&format!("after-{i}")));
+    }
+
+    let grace = app.settings.shutdown_timeout + Duration::from_secs(5);
+    tokio::time::timeout(grace, app.stop())
+        .await
+        .expect("shutdown ends within shutdown_timeout");
+}
+
+on_both_backends!(
+    enqueue_dropped_at_every_await_point,
+    clients_hanging_up_do_not_wedge_the_store,
+);
