@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::{channels, health, ledger as ledger_api, page, usage};
 use crate::clock::now_ms;
@@ -182,8 +182,10 @@ impl Application {
             state.metrics.clone(),
             state.wake.clone(),
         ));
-        let dispatch_task =
-            tokio::spawn(dispatcher.run(shutdown.clone(), settings.shutdown_timeout));
+        // Sends in flight get most of the shutdown budget; recording them and
+        // releasing the rest need the remainder.
+        let send_grace = settings.shutdown_timeout.mul_f64(0.7);
+        let dispatch_task = tokio::spawn(dispatcher.run(shutdown.clone(), send_grace));
         let pruner = tokio::spawn(prune_dedupe(state.store.clone(), shutdown.clone()));
         if let Err(e) = state.ledger.ensure_reports().await {
             error!(error = ?e, "writing missing reports failed");
@@ -205,15 +207,28 @@ impl Application {
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         shutdown.cancel();
-        let _ = pruner.await;
-        let _ = closes.await;
-        let _ = renders.await;
-        let _ = retention.await;
-        if let Err(e) = dispatch_task.await {
-            error!(error = %e, "dispatcher task failed");
+        // Whatever the store does (stalled, locked, gone), shutdown ends
+        // within `shutdown_timeout`: what has not finished by then is left
+        // to its lease, which expires and hands the message to another worker.
+        let background = [pruner, closes, renders, retention];
+        let wound_down = tokio::time::timeout(settings.shutdown_timeout, async {
+            for task in background {
+                let _ = task.await;
+            }
+            if let Err(e) = dispatch_task.await {
+                error!(error = %e, "dispatcher task failed");
+            }
+            state.store.close().await;
+        })
+        .await;
+        match wound_down {
+            Ok(()) => info!("notimeter stopped"),
+            Err(_) => warn!(
+                timeout = ?settings.shutdown_timeout,
+                "shutdown did not finish in time (is the store stalled?); stopping anyway: \
+                 unrecorded sends are retried after their lease expires"
+            ),
         }
-        state.store.close().await;
-        info!("notimeter stopped");
         served.context("HTTP server failed")
     }
 }

@@ -58,7 +58,13 @@ pub struct Settings {
     pub max_user_series: usize,
     /// Largest webhook body accepted, in bytes (413 above it).
     pub max_request_bytes: usize,
-    /// How long shutdown waits for in-flight sends before it releases them.
+    /// How long a request waits for the store before it answers 503 with
+    /// `Retry-After` (ingest, readiness).
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+    /// How long shutdown may take in all: in-flight sends get most of it,
+    /// then what did not finish is released and the process exits, whatever
+    /// state the store is in.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
@@ -87,6 +93,7 @@ impl Default for Settings {
             max_user_series: 10_000,
             max_request_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            store_timeout: Duration::from_millis(1500),
             log_format: LogFormat::Plain,
             dispatch: DispatchSettings::default(),
             limits: LimitSettings::default(),

@@ -1,5 +1,7 @@
 //! Liveness, readiness and the Prometheus endpoint.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -9,13 +11,19 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::{authorize, Role};
 use crate::error::ApiError;
+use crate::store;
+
+/// How long a scrape waits for the store-derived gauges before it answers
+/// with their last reading: Prometheus gets its counters whatever the store does.
+const METRICS_STORE_BUDGET: Duration = Duration::from_millis(500);
 
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the store takes a write transaction within `store_timeout`.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.store.ping().await?;
+    store::within(state.settings.store_timeout, state.store.check_writable()).await?;
     Ok(Json(
         json!({"status": "ready", "store": state.store.backend_name()}),
     ))
@@ -26,7 +34,10 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state.settings, &headers, Role::Metrics)?;
-    let text = state.metrics.render(&state.store).await?;
+    let text = state
+        .metrics
+        .render(&state.store, METRICS_STORE_BUDGET)
+        .await;
     Ok((
         StatusCode::OK,
         [(

@@ -17,7 +17,7 @@ use crate::auth::{authorize, Role};
 use crate::clock::{duration_ms, now_ms};
 use crate::domain::alert::{dedupe_key, parse_alert, Envelope};
 use crate::error::ApiError;
-use crate::store::{Enqueued, IngestBatch};
+use crate::store::{self, Enqueued, IngestBatch};
 
 #[instrument(skip_all, fields(receiver))]
 pub async fn alertmanager(
@@ -69,7 +69,12 @@ async fn handle(
     tracing::Span::current().record("receiver", envelope.receiver.as_str());
     let parsed: Vec<_> = envelope.alerts.iter().map(parse_alert).collect();
     let key = dedupe_key(&envelope, &parsed);
-    let plan = route::plan(&state.store, &envelope, parsed).await?;
+    let deadline = tokio::time::Instant::now() + state.settings.store_timeout;
+    let plan = store::within(
+        state.settings.store_timeout,
+        route::plan(&state.store, &envelope, parsed),
+    )
+    .await?;
     let now = now_ms();
     let batch = IngestBatch {
         dedupe_key: key,
@@ -82,7 +87,8 @@ async fn handle(
         batch.messages.len(),
         batch.undeliverable.iter().map(|u| u.reason).collect(),
     );
-    match state.store.enqueue(batch).await? {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match store::within(left, state.store.enqueue(batch)).await? {
         Enqueued::Duplicate => {
             state.metrics.duplicates.inc();
             info!(

@@ -1,16 +1,19 @@
 //! Every metric of DESIGN.md. Counters are process-local and monotonic; the
 //! `notimeter_period_*` gauges are read from the store at scrape time, so they
-//! agree with the ledger whichever replica is scraped.
+//! agree with the ledger whichever replica is scraped. A scrape never waits
+//! long for the store: when it does not answer within the budget, the
+//! store-derived gauges keep their last reading and `notimeter_store_up` is 0.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, UsageRow};
 
 /// The label under which users beyond `max_user_series` are counted.
 pub const OTHER_USERS: &str = "_other";
@@ -30,6 +33,7 @@ pub struct Metrics {
     pub render_channels: IntGauge,
     pub render_skipped: IntGauge,
     outbox_pending: IntGauge,
+    store_up: IntGauge,
     period_start: prometheus::Gauge,
     period_notifications: IntGaugeVec,
     users: Mutex<HashSet<String>>,
@@ -150,6 +154,15 @@ impl Metrics {
         registry
             .register(Box::new(outbox_pending.clone()))
             .expect("unique metric");
+        let store_up = IntGauge::new(
+            "notimeter_store_up",
+            "1 when the store answered this scrape's reads in time; 0 when it did not, and the \
+             store-derived gauges show their last reading.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_up.clone()))
+            .expect("unique metric");
         let period_notifications = IntGaugeVec::new(
             Opts::new(
                 "notimeter_period_notifications",
@@ -178,6 +191,7 @@ impl Metrics {
             outbox_pending,
             period_start,
             period_notifications,
+            store_up,
             users: Mutex::new(HashSet::new()),
             max_user_series,
         }
@@ -197,13 +211,50 @@ impl Metrics {
         OTHER_USERS
     }
 
-    /// Refreshes the gauges from the store and renders the text format.
-    pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
-        self.outbox_pending.set(store.pending_count().await?);
+    /// Refreshes the store-derived gauges, waiting at most `budget` for the
+    /// store, and renders the text format. Never fails: without the store the
+    /// gauges keep their last reading and `notimeter_store_up` says so.
+    pub async fn render(&self, store: &Store, budget: Duration) -> String {
+        match tokio::time::timeout(budget, Self::read_store(store)).await {
+            Ok(Ok(reading)) => {
+                self.apply(reading);
+                self.store_up.set(1);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = ?anyhow::Error::from(e), "reading the store for /metrics failed; serving the last reading");
+                self.store_up.set(0);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    budget = ?budget,
+                    "the store did not answer /metrics in time; serving the last reading"
+                );
+                self.store_up.set(0);
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn read_store(store: &Store) -> Result<StoreReading, StoreError> {
+        let pending = store.pending_count().await?;
         let period = store.open_period().await?;
-        self.period_start.set(period.start_at as f64 / 1000.0);
+        let usage = store.usage(&period.id).await?;
+        Ok(StoreReading {
+            pending,
+            period_start: period.start_at,
+            usage,
+        })
+    }
+
+    fn apply(&self, reading: StoreReading) {
+        self.outbox_pending.set(reading.pending);
+        self.period_start.set(reading.period_start as f64 / 1000.0);
         let mut sums: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
-        for row in store.usage(&period.id).await? {
+        for row in reading.usage {
             let user = self.user_label(&row.user_id).to_owned();
             let e = sums.entry((user, row.integration)).or_default();
             e.0 += row.delivered;
@@ -218,12 +269,14 @@ impl Metrics {
                 .with_label_values(&[user.as_str(), integration.as_str(), "failed"])
                 .set(failed);
         }
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
-        Ok(String::from_utf8_lossy(&out).into_owned())
     }
+}
+
+/// What a scrape reads from the store.
+struct StoreReading {
+    pending: i64,
+    period_start: i64,
+    usage: Vec<UsageRow>,
 }
 
 #[cfg(test)]

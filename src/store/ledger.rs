@@ -6,7 +6,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::sql::{period_from_row, period_id_for, PERIOD_COLUMNS};
 use super::{Freeze, ItemRow, Period, Result, Store, StoreError, UsageRow};
-use crate::clock::Millis;
+use crate::clock::{now_ms, Millis};
 
 impl Store {
     async fn lock_open_period(
@@ -152,6 +152,9 @@ impl Store {
     async fn settle_now(&self, user_id: &str, now: Millis, f: &Freeze) -> Result<Period> {
         let mut tx = self.write_tx().await?;
         let (open, start) = self.lock_open_period(&mut tx).await?;
+        // Under the lock, so that the statement ends after every outcome
+        // recorded before it (outcomes take their final_at under the same lock).
+        let now = now.max(now_ms() + 1);
         let last: Option<Millis> = sqlx::query(
             "SELECT MAX(end_at) AS last FROM periods WHERE user_id = $1 AND end_at >= $2",
         )

@@ -32,6 +32,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store operation was interrupted: {0}")]
     Interrupted(String),
+    #[error("the store did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -56,6 +58,19 @@ pub trait Backend: Send + Sync + 'static {
     /// that record outcomes, exclusive for close and settle, so that no outcome
     /// straddles a close. (SQLite's single writer serialises them anyway.)
     fn lock_open_period_sql(&self, exclusive: bool) -> &'static str;
+}
+
+/// Waits at most `limit` for a store operation: a request answers 503 (and
+/// Alertmanager retries) instead of waiting on a stalled or locked store. A
+/// write given up on this way still runs to its end (see `Store::detached`);
+/// a retry of it is then caught by dedupe.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    op: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, op)
+        .await
+        .unwrap_or(Err(StoreError::Timeout(limit)))
 }
 
 /// Opens (creating it if needed) the database named by `url`.

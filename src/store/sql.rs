@@ -10,7 +10,7 @@ use super::{
     AttemptRecord, Backend, ChannelRecord, ClaimedMessage, Enqueued, IngestBatch, Outcome, Period,
     Result, StoreError, UsageRow,
 };
-use crate::clock::{rfc3339, Millis};
+use crate::clock::{now_ms, rfc3339, Millis};
 
 /// The store. Cheap to clone: clones share the backend's pools.
 #[derive(Clone)]
@@ -99,14 +99,16 @@ impl Store {
         self.ensure_open_period(now).await
     }
 
-    pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(self.backend.reader())
-            .await?;
-        sqlx::query("SELECT 1")
-            .execute(self.backend.writer())
-            .await?;
-        Ok(())
+    /// Whether the store takes a write: a write transaction (SQLite: one
+    /// holding the database's write lock) is begun and rolled back.
+    pub async fn check_writable(&self) -> Result<()> {
+        self.detached(|store| async move {
+            let mut tx = store.write_tx().await?;
+            sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            tx.rollback().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn close(&self) {
@@ -354,7 +356,9 @@ impl Store {
 
     async fn record_now(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>> {
         let mut tx = self.write_tx().await?;
-        let mut period: Option<String> = None;
+        // The open period, and the time outcomes become final: read under the
+        // period lock, so that every final_at lies inside the period billing it.
+        let mut period: Option<(String, Millis)> = None;
         let mut applied = Vec::with_capacity(records.len());
         for r in records {
             let attempts = if r.attempted {
@@ -391,8 +395,10 @@ impl Store {
                 .rows_affected(),
                 Outcome::Delivered | Outcome::Failed => {
                     if period.is_none() {
-                        period = Some(self.open_period_id(&mut tx).await?);
+                        let id = self.open_period_id(&mut tx).await?;
+                        period = Some((id, now_ms()));
                     }
+                    let (period_id, final_at) = period.as_ref().expect("read above");
                     let state = if r.outcome == Outcome::Delivered { "delivered" } else { "failed" };
                     sqlx::query(
                         "UPDATE messages SET state = $1, attempts = $2, final_at = $3, last_reason = $4, \
@@ -401,10 +407,10 @@ impl Store {
                     )
                     .bind(state)
                     .bind(attempts)
-                    .bind(r.finished_at)
+                    .bind(final_at)
                     .bind(reason)
                     .bind(&r.error)
-                    .bind(period.as_deref())
+                    .bind(period_id)
                     .bind(r.message_id)
                     .bind(owner)
                     .execute(&mut *tx)
@@ -444,7 +450,7 @@ impl Store {
                      ON CONFLICT (period_id, user_id, integration) DO UPDATE SET \
                        delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed",
                 )
-                .bind(period.as_deref())
+                .bind(period.as_ref().map(|(id, _)| id))
                 .bind(&r.user_id)
                 .bind(&r.integration)
                 .bind(d)

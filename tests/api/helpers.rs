@@ -127,6 +127,9 @@ pub fn test_settings(database_url: &str, dir: &std::path::Path) -> Settings {
         finance_token: Some(Secret::new(FINANCE_TOKEN)),
         outbound_allow: vec!["127.0.0.0/8".parse().unwrap()],
         shutdown_timeout: Duration::from_secs(2),
+        // Generous: this machine is shared and loaded; a test of the 503
+        // path sets its own.
+        store_timeout: Duration::from_secs(10),
         ..Settings::default()
     };
     s.dispatch.min_backoff = Duration::from_millis(20);

@@ -404,6 +404,16 @@ async fn closing_under_load_puts_every_message_in_one_period(backend: Backend) {
     )
     .await;
     assert_eq!(unassigned, 0);
+    let outside: i64 = query_one(
+        &app.database_url,
+        "SELECT COUNT(*) FROM messages m JOIN periods p ON p.id = m.period_id \
+         WHERE m.final_at < p.start_at OR (p.end_at IS NOT NULL AND m.final_at >= p.end_at)",
+    )
+    .await;
+    assert_eq!(
+        outside, 0,
+        "a message billed to a period its final_at is not in"
+    );
     app.stop().await;
 }
 

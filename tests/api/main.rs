@@ -16,5 +16,6 @@ mod ledger;
 mod lifecycle;
 mod limits;
 mod metering;
+mod outage;
 mod page;
 mod render;
