@@ -20,7 +20,7 @@ use crate::clock::{duration_ms, now_ms};
 use crate::config::{DispatchSettings, LimitSettings};
 use crate::domain::{ChannelSpec, WebhookPayload};
 use crate::metering::Metrics;
-use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Store};
+use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store};
 
 pub struct Dispatcher {
     store: Arc<Store>,
@@ -381,7 +381,7 @@ impl Dispatcher {
                         if tries >= 20 {
                             // The leases expire and the messages are sent again:
                             // at least once, never lost.
-                            break vec![false; records.len()];
+                            break vec![Recorded::LeaseLost; records.len()];
                         }
                         tokio::time::sleep(Duration::from_millis(250 * tries)).await;
                     }
@@ -393,15 +393,17 @@ impl Dispatcher {
                     in_flight.remove(&f.record.message_id);
                 }
             }
-            for (f, applied) in batch.drain(..).zip(applied) {
-                self.count(&f, applied);
+            for (f, recorded) in batch.drain(..).zip(applied) {
+                self.count(&f, recorded);
             }
+            // A final outcome may let the next message of its group go.
+            self.wake.notify_one();
         }
     }
 
-    fn count(&self, f: &Finished, applied: bool) {
+    fn count(&self, f: &Finished, recorded: Recorded) {
         let r = &f.record;
-        if !applied {
+        if recorded == Recorded::LeaseLost {
             warn!(
                 message_id = r.message_id,
                 "lease lost before the attempt was recorded; not counted here"
@@ -414,10 +416,18 @@ impl Dispatcher {
                 .with_label_values(&[r.integration.as_str(), r.result.as_str()])
                 .inc();
         }
-        let outcome = match r.outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Failed => "failed",
-            Outcome::Retry { .. } | Outcome::Defer { .. } => return,
+        let outcome = match (recorded, r.outcome) {
+            (Recorded::Superseded, _) => {
+                debug!(
+                    message_id = r.message_id,
+                    "superseded by a newer message of its group"
+                );
+                self.metrics.superseded(&r.user_id, &r.integration);
+                return;
+            }
+            (_, Outcome::Delivered) => "delivered",
+            (_, Outcome::Failed) => "failed",
+            (_, Outcome::Retry { .. } | Outcome::Defer { .. }) => return,
         };
         let user = self.metrics.user_label(&r.user_id);
         self.metrics

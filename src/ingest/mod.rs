@@ -97,7 +97,16 @@ async fn handle(
             );
             Ok(json!({"status": "duplicate"}))
         }
-        Enqueued::Accepted => {
+        Enqueued::Accepted { superseded } => {
+            for s in &superseded {
+                state.metrics.superseded(&s.user_id, &s.integration);
+            }
+            if !superseded.is_empty() {
+                info!(
+                    messages = superseded.len(),
+                    "older messages of the group superseded before they were sent"
+                );
+            }
             for user in &plan.received {
                 let label = state.metrics.user_label(user);
                 state

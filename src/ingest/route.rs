@@ -155,6 +155,7 @@ impl Plan {
                 user_id: channel.user_id.to_string(),
                 channel_id: channel.channel_id.to_string(),
                 integration: channel.spec.kind.clone(),
+                group_key: envelope.group_key.clone(),
                 alert_count: payload.alerts.len() as i64,
                 alertnames,
                 payload: serde_json::to_string(&payload).expect("payload serialises"),

@@ -211,6 +211,15 @@ impl Metrics {
         OTHER_USERS
     }
 
+    /// Counts a message that a newer one of its (channel, group) replaced
+    /// before it was sent: final, never sent, not billed.
+    pub fn superseded(&self, user_id: &str, integration: &str) {
+        let user = self.user_label(user_id);
+        self.notifications
+            .with_label_values(&[user, integration, "superseded"])
+            .inc();
+    }
+
     /// Refreshes the store-derived gauges, waiting at most `budget` for the
     /// store, and renders the text format. Never fails: without the store the
     /// gauges keep their last reading and `notimeter_store_up` says so.

@@ -96,7 +96,8 @@ impl Store {
              SELECT $1, user_id, integration, \
                     SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END), \
                     SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) \
-             FROM messages WHERE period_id = $2 AND final_at >= $3 GROUP BY user_id, integration",
+             FROM messages WHERE period_id = $2 AND final_at >= $3 AND state IN ('delivered', 'failed') \
+             GROUP BY user_id, integration",
         )
         .bind(&next)
         .bind(&open)

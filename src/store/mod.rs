@@ -48,7 +48,8 @@ pub trait Backend: Send + Sync + 'static {
     fn reader(&self) -> &AnyPool;
     async fn migrate(&self) -> Result<()>;
     /// `UPDATE … RETURNING` that leases up to `$4` due messages to `$1` until `$2`
-    /// (`$3` is now). PostgreSQL adds `FOR UPDATE SKIP LOCKED` so replicas never
+    /// (`$3` is now), none while an older message of its (channel, group) is
+    /// still pending: a group is delivered in the order it was accepted. PostgreSQL adds `FOR UPDATE SKIP LOCKED` so replicas never
     /// claim the same row.
     fn claim_sql(&self) -> &'static str;
     /// How a write transaction starts (SQLite: `BEGIN IMMEDIATE`, so a second
@@ -103,6 +104,10 @@ pub struct NewMessage {
     pub user_id: String,
     pub channel_id: String,
     pub integration: String,
+    /// Alertmanager's groupKey: messages of one (channel, group) are
+    /// delivered in order, and a newer one supersedes an older one still
+    /// waiting. Empty: no group, no ordering.
+    pub group_key: String,
     pub payload: String,
     pub alert_count: i64,
     pub alertnames: String,
@@ -127,10 +132,34 @@ pub struct IngestBatch {
     pub undeliverable: Vec<Undeliverable>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Enqueued {
-    Accepted,
+    /// Stored; older messages of the same (channel, group) that were still
+    /// waiting became final as superseded.
+    Accepted {
+        superseded: Vec<Superseded>,
+    },
     Duplicate,
+}
+
+/// A message that a newer one of its (channel, group) replaced before it was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superseded {
+    pub message_id: i64,
+    pub user_id: String,
+    pub integration: String,
+}
+
+/// What became of a recorded attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored as the attempt said.
+    Applied,
+    /// It would have waited (a retry, a hold, pacing), but a newer message of
+    /// its (channel, group) is queued: final as superseded instead.
+    Superseded,
+    /// The lease was lost (another worker holds the message now): nothing stored.
+    LeaseLost,
 }
 
 #[derive(Clone, Debug)]

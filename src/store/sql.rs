@@ -7,8 +7,8 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::{
-    AttemptRecord, Backend, ChannelRecord, ClaimedMessage, Enqueued, IngestBatch, Outcome, Period,
-    Result, StoreError, UsageRow,
+    AttemptRecord, Backend, ChannelRecord, ClaimedMessage, Enqueued, IngestBatch, NewMessage,
+    Outcome, Period, Recorded, Result, StoreError, Superseded, UsageRow,
 };
 use crate::clock::{now_ms, rfc3339, Millis};
 
@@ -231,11 +231,17 @@ impl Store {
             tx.rollback().await?;
             return Ok(Enqueued::Duplicate);
         }
+        let mut superseded = Vec::new();
+        let mut period: Option<(String, Millis)> = None;
         for m in &batch.messages {
+            if !m.group_key.is_empty() {
+                self.supersede_waiting(&mut tx, m, batch.now, &mut period, &mut superseded)
+                    .await?;
+            }
             sqlx::query(
-                "INSERT INTO messages (user_id, channel_id, integration, payload, alert_count, \
-                   alertnames, state, created_at, due_at, attempts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, 0)",
+                "INSERT INTO messages (user_id, channel_id, integration, group_key, payload, \
+                   alert_count, alertnames, state, created_at, due_at, attempts) \
+                 VALUES ($1, $2, $3, $8, $4, $5, $6, 'pending', $7, $7, 0)",
             )
             .bind(&m.user_id)
             .bind(&m.channel_id)
@@ -244,6 +250,7 @@ impl Store {
             .bind(m.alert_count)
             .bind(&m.alertnames)
             .bind(batch.now)
+            .bind(&m.group_key)
             .execute(&mut *tx)
             .await?;
         }
@@ -262,7 +269,57 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(Enqueued::Accepted)
+        Ok(Enqueued::Accepted { superseded })
+    }
+
+    /// Makes the messages of `m`'s (channel, group) that are still waiting
+    /// (for a retry, a hold or pacing; not those being sent right now) final
+    /// as superseded: `m` carries the group's newer state. The open period and
+    /// the time are read under the period lock, once per transaction.
+    async fn supersede_waiting(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        m: &NewMessage,
+        now: Millis,
+        period: &mut Option<(String, Millis)>,
+        superseded: &mut Vec<Superseded>,
+    ) -> Result<()> {
+        let waiting = sqlx::query(
+            "SELECT id FROM messages WHERE user_id = $1 AND channel_id = $2 AND group_key = $3 \
+             AND state = 'pending' AND (lease_until IS NULL OR lease_until <= $4)",
+        )
+        .bind(&m.user_id)
+        .bind(&m.channel_id)
+        .bind(&m.group_key)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let (period_id, final_at) = self.period_now(tx, period).await?;
+        for row in waiting {
+            let id: i64 = row.try_get("id")?;
+            let done = sqlx::query(
+                "UPDATE messages SET state = 'superseded', final_at = $1, period_id = $2, paced = 0, \
+                   lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $3 AND state = 'pending' AND (lease_until IS NULL OR lease_until <= $4)",
+            )
+            .bind(final_at)
+            .bind(&period_id)
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                superseded.push(Superseded {
+                    message_id: id,
+                    user_id: m.user_id.clone(),
+                    integration: m.integration.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub async fn prune_dedupe(&self, now: Millis) -> Result<u64> {
@@ -348,13 +405,13 @@ impl Store {
     /// its lease may write: a message taken over after an expired lease is
     /// counted by its new holder, never twice. Returns, per record, whether it
     /// was applied.
-    pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>> {
+    pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
         let (owner, records) = (owner.to_owned(), records.to_vec());
         self.detached(move |store| async move { store.record_now(&owner, &records).await })
             .await
     }
 
-    async fn record_now(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<bool>> {
+    async fn record_now(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
         let mut tx = self.write_tx().await?;
         // The open period, and the time outcomes become final: read under the
         // period lock, so that every final_at lies inside the period billing it.
@@ -367,6 +424,34 @@ impl Store {
                 r.attempt - 1
             };
             let reason = (r.result != "success").then_some(&r.result);
+            let waits = matches!(r.outcome, Outcome::Defer { .. } | Outcome::Retry { .. });
+            if waits && self.has_newer_in_group(&mut tx, r.message_id).await? {
+                let (period_id, final_at) = self.period_now(&mut tx, &mut period).await?;
+                let done = sqlx::query(
+                    "UPDATE messages SET state = 'superseded', attempts = $1, final_at = $2, \
+                       last_reason = $3, last_error = $4, period_id = $5, paced = 0, \
+                       lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $6 AND state = 'pending' AND lease_owner = $7",
+                )
+                .bind(attempts)
+                .bind(final_at)
+                .bind(reason)
+                .bind(&r.error)
+                .bind(period_id)
+                .bind(r.message_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    applied.push(Recorded::LeaseLost);
+                } else {
+                    if r.attempted {
+                        Self::insert_attempt(&mut tx, r).await?;
+                    }
+                    applied.push(Recorded::Superseded);
+                }
+                continue;
+            }
             let updated = match r.outcome {
                 Outcome::Defer { due_at, paced } => sqlx::query(
                     "UPDATE messages SET due_at = $1, paced = $4, lease_owner = NULL, lease_until = NULL \
@@ -394,11 +479,7 @@ impl Store {
                 .await?
                 .rows_affected(),
                 Outcome::Delivered | Outcome::Failed => {
-                    if period.is_none() {
-                        let id = self.open_period_id(&mut tx).await?;
-                        period = Some((id, now_ms()));
-                    }
-                    let (period_id, final_at) = period.as_ref().expect("read above");
+                    let (period_id, final_at) = self.period_now(&mut tx, &mut period).await?;
                     let state = if r.outcome == Outcome::Delivered { "delivered" } else { "failed" };
                     sqlx::query(
                         "UPDATE messages SET state = $1, attempts = $2, final_at = $3, last_reason = $4, \
@@ -419,24 +500,11 @@ impl Store {
                 }
             };
             if updated == 0 {
-                applied.push(false);
+                applied.push(Recorded::LeaseLost);
                 continue;
             }
             if r.attempted {
-                sqlx::query(
-                    "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(r.message_id)
-                .bind(r.attempt)
-                .bind(r.started_at)
-                .bind(r.duration_ms)
-                .bind(&r.result)
-                .bind(r.status_code)
-                .bind(&r.error)
-                .bind(r.segments)
-                .execute(&mut *tx)
-                .await?;
+                Self::insert_attempt(&mut tx, r).await?;
             }
             if matches!(r.outcome, Outcome::Delivered | Outcome::Failed) {
                 let (d, f) = if r.outcome == Outcome::Delivered {
@@ -458,10 +526,59 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            applied.push(true);
+            applied.push(Recorded::Applied);
         }
         tx.commit().await?;
         Ok(applied)
+    }
+
+    /// The open period's id and the time to stamp outcomes with, read once per
+    /// transaction under the period lock.
+    async fn period_now(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        period: &mut Option<(String, Millis)>,
+    ) -> Result<(String, Millis)> {
+        if period.is_none() {
+            let id = self.open_period_id(tx).await?;
+            *period = Some((id, now_ms()));
+        }
+        Ok(period.clone().expect("set above"))
+    }
+
+    /// Whether a newer message of this message's (channel, group) is pending.
+    async fn has_newer_in_group(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        message_id: i64,
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM messages m JOIN messages n ON n.user_id = m.user_id \
+               AND n.channel_id = m.channel_id AND n.group_key = m.group_key \
+             WHERE m.id = $1 AND m.group_key <> '' AND n.state = 'pending' AND n.id > m.id LIMIT 1",
+        )
+        .bind(message_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some())
+    }
+
+    async fn insert_attempt(tx: &mut Transaction<'static, Any>, r: &AttemptRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(r.message_id)
+        .bind(r.attempt)
+        .bind(r.started_at)
+        .bind(r.duration_ms)
+        .bind(&r.result)
+        .bind(r.status_code)
+        .bind(&r.error)
+        .bind(r.segments)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     pub async fn pending_count(&self) -> Result<i64> {

@@ -16,6 +16,7 @@ mod ledger;
 mod lifecycle;
 mod limits;
 mod metering;
+mod order;
 mod outage;
 mod page;
 mod render;
