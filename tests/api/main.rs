@@ -14,6 +14,7 @@ mod integrations;
 mod ledger;
 mod lifecycle;
 mod limits;
+mod login;
 mod metering;
 mod page;
 mod render;
