@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::{error, info, warn};
 
+use crate::api::throttle::LoginThrottle;
 use crate::api::{channels, health, ledger as ledger_api, page, usage};
 use crate::clock::now_ms;
 use crate::config::Settings;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Poked when a channel changes, so the Alertmanager config is rendered again.
     pub render_trigger: Arc<Notify>,
+    /// Wrong tokens on `/login`, per client address.
+    pub login_throttle: Arc<LoginThrottle>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -145,6 +148,10 @@ impl Application {
             registry.names().collect(),
             Some(metrics.clone()),
         ));
+        let login_throttle = Arc::new(LoginThrottle::new(
+            settings.page.login_failures,
+            settings.page.login_window,
+        ));
         let state = AppState {
             metrics,
             settings,
@@ -153,6 +160,7 @@ impl Application {
             wake: Arc::new(Notify::new()),
             ledger,
             render_trigger: Arc::new(Notify::new()),
+            login_throttle,
         };
         Ok(Self { listener, state })
     }
@@ -203,6 +211,8 @@ impl Application {
         info!(listen = %self.listener.local_addr()?, store = state.store.backend_name(), "notimeter serving");
         let app = router(state.clone());
         let stop = shutdown.clone();
+        // The client address (`ConnectInfo`) is what `/login` throttles by.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;

@@ -1,11 +1,14 @@
 //! Bearer-token roles. The admin token may do everything; a role whose token is
-//! unset is open. Tokens are compared in constant time.
+//! unset is open. Tokens are compared in constant time. Reads also accept the
+//! finance page's session cookie (see [`authorize_read`]).
 
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
+use crate::clock::now_ms;
 use crate::config::{Secret, Settings};
 use crate::error::ApiError;
+use crate::store::Store;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -37,16 +40,50 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The cookie the finance page's login sets; accepted only by reads.
-pub const COOKIE: &str = "notimeter_token";
+/// The cookie the finance page's sign-in sets: a random session id. The store
+/// keeps only its SHA-256, with the role it grants (reads only) and an expiry.
+pub const COOKIE: &str = "notimeter_session";
 
-fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// Length of a session id: 32 random bytes in unpadded base64url.
+const SESSION_ID_LEN: usize = 43;
+
+/// A new session id: 32 bytes from `rand`'s thread-local CSPRNG (ChaCha,
+/// seeded and reseeded from the operating system), unpadded base64url.
+pub fn new_session_id() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// What the store keeps of a session id: its SHA-256, hex.
+pub fn session_hash(id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(id.as_bytes()))
+}
+
+/// The session id in the request's cookie, if it has the shape of one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find(|id| {
+            id.len() == SESSION_ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The name a role has in the store's sessions.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Ingest => "ingest",
+        Role::Admin => "admin",
+        Role::Finance => "finance",
+        Role::Metrics => "metrics",
+    }
 }
 
 /// Allows the request if the role is open or the bearer token is the role's or
@@ -55,15 +92,29 @@ pub fn authorize(settings: &Settings, headers: &HeaderMap, role: Role) -> Result
     check(settings, bearer(headers), role)
 }
 
-/// Like [`authorize`], for reads: the login cookie of the finance page counts
-/// too. (Never for requests that change anything, so a cookie cannot be used
-/// to close or settle.)
-pub fn authorize_read(
+/// Like [`authorize`], for reads: without a bearer token, a finance page
+/// session (its cookie, looked up in the store, unexpired and of this role)
+/// counts too. Never use it for requests that change anything: a session
+/// grants reads only, so a cookie can never close or settle, even when the
+/// admin token was used to sign in.
+pub async fn authorize_read(
     settings: &Settings,
+    store: &Store,
     headers: &HeaderMap,
     role: Role,
 ) -> Result<(), ApiError> {
-    check(settings, bearer(headers).or_else(|| cookie(headers)), role)
+    let given = bearer(headers);
+    if given.is_some() || token_of(settings, role).is_none() {
+        return check(settings, given, role);
+    }
+    let Some(id) = session_cookie(headers) else {
+        return Err(ApiError::Unauthorized);
+    };
+    match store.session_role(&session_hash(id), now_ms()).await? {
+        Some(granted) if granted == role_name(role) => Ok(()),
+        Some(_) => Err(ApiError::Forbidden),
+        None => Err(ApiError::Unauthorized),
+    }
 }
 
 /// Whether `token` may act as `role`.
@@ -127,8 +178,12 @@ mod tests {
         ));
         assert!(authorize(&s, &HeaderMap::new(), Role::Metrics).is_ok());
         let mut c = HeaderMap::new();
-        c.insert("cookie", "theme=dark; notimeter_token=f".parse().unwrap());
-        assert!(authorize_read(&s, &c, Role::Finance).is_ok());
+        c.insert(
+            "cookie",
+            format!("theme=dark; {COOKIE}={}", new_session_id())
+                .parse()
+                .unwrap(),
+        );
         assert!(
             matches!(
                 authorize(&s, &c, Role::Finance),
@@ -136,5 +191,21 @@ mod tests {
             ),
             "no cookies for writes"
         );
+    }
+
+    #[test]
+    fn session_ids() {
+        let a = new_session_id();
+        assert_eq!(a.len(), SESSION_ID_LEN);
+        assert_ne!(a, new_session_id());
+        assert_eq!(session_hash(&a).len(), 64);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            format!("{COOKIE}=short; {COOKIE}={a}").parse().unwrap(),
+        );
+        assert_eq!(session_cookie(&h), Some(a.as_str()));
+        h.insert("cookie", "notimeter_token=finance".parse().unwrap());
+        assert_eq!(session_cookie(&h), None);
     }
 }

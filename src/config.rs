@@ -75,6 +75,7 @@ pub struct Settings {
     pub billing: BillingSettings,
     pub retention: RetentionSettings,
     pub render: RenderSettings,
+    pub page: PageSettings,
 }
 
 impl Default for Settings {
@@ -102,6 +103,7 @@ impl Default for Settings {
             billing: BillingSettings::default(),
             retention: RetentionSettings::default(),
             render: RenderSettings::default(),
+            page: PageSettings::default(),
         }
     }
 }
@@ -385,6 +387,33 @@ impl Default for RenderSettings {
     }
 }
 
+/// The finance page's sign-in: sessions and the throttle on wrong tokens.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PageSettings {
+    /// How long a sign-in lasts; the session is refused after it.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure`. Unset: when `render.public_url` is https.
+    pub cookie_secure: Option<bool>,
+    /// Wrong tokens a client address may send to `/login` per `login_window`;
+    /// beyond it, `/login` answers 429 until the window has passed.
+    pub login_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
+}
+
+impl Default for PageSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            cookie_secure: None,
+            login_failures: 5,
+            login_window: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Environment variables under `NOTIMETER_` that are not settings.
 const RESERVED_ENV: &[&str] = &["config", "test_"];
 
@@ -446,6 +475,15 @@ impl Settings {
         }
         if self.max_user_series == 0 {
             return Err("max_user_series must be at least 1".into());
+        }
+        if self.page.session_ttl < Duration::from_secs(1) {
+            return Err("page.session_ttl must be at least 1s".into());
+        }
+        if self.page.login_failures == 0 || self.page.login_window.is_zero() {
+            return Err(
+                "page.login_failures must be at least 1 and page.login_window longer than 0s"
+                    .into(),
+            );
         }
         Ok(())
     }

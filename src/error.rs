@@ -20,6 +20,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     Unprocessable(String),
+    /// Answered with `Retry-After: retry_after` (seconds).
+    #[error("too many failed attempts; try again in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("the store cannot take the request right now; try again")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -35,6 +38,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -65,6 +69,11 @@ impl IntoResponse for ApiError {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("5"),
             );
+        }
+        if let ApiError::TooManyRequests { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after.into());
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -40,7 +40,7 @@ pub async fn periods(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_read(&state.settings, &headers, Role::Finance)?;
+    authorize_read(&state.settings, &state.store, &headers, Role::Finance).await?;
     let periods: Vec<Value> = state
         .store
         .list_periods()
@@ -112,7 +112,7 @@ pub async fn period_csv(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_read(&state.settings, &headers, Role::Finance)?;
+    authorize_read(&state.settings, &state.store, &headers, Role::Finance).await?;
     let id = file.strip_suffix(".csv").ok_or_else(|| {
         ApiError::NotFound(format!(
             "no such resource {file:?}; periods are at /v1/ledger/periods/<id>.csv"
@@ -145,7 +145,7 @@ pub async fn items_csv(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize_read(&state.settings, &headers, Role::Finance)?;
+    authorize_read(&state.settings, &state.store, &headers, Role::Finance).await?;
     let period = find(&state, &id).await?;
     let store = state.store.clone();
     let period_id = period.id.clone();

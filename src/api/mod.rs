@@ -6,6 +6,7 @@ pub mod health;
 pub mod ledger;
 pub mod page;
 pub mod stream;
+pub mod throttle;
 pub mod usage;
 
 /// How secrets are shown on reads; sending it back on PUT keeps the stored value.

@@ -1,26 +1,40 @@
 //! `GET /` (the finance page), `GET|POST /login`, `GET /logout`. Signing in
-//! checks the finance (or admin) token and keeps it in an HttpOnly,
-//! SameSite=Strict cookie, which only read requests accept.
+//! checks the finance (or admin) token and starts a session: a random id in an
+//! HttpOnly, SameSite=Strict cookie (`Secure` over https), kept server-side
+//! as a hash with an expiry, granting finance reads only. Signing out deletes
+//! it. Wrong tokens are throttled per client address.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+use std::sync::Once;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::{Extension, Form};
 use serde::Deserialize;
 
+use crate::api::throttle::client_key;
 use crate::app::AppState;
-use crate::auth::{authorize_read, check, Role, COOKIE};
-use crate::clock::now_ms;
+use crate::auth::{
+    authorize_read, check, new_session_id, role_name, session_cookie, session_hash, Role, COOKIE,
+};
+use crate::clock::{duration_ms, now_ms};
+use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ledger::csv::Pricing;
 use crate::ledger::page;
+use crate::store::NewSession;
 
 pub async fn index(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if authorize_read(&state.settings, &headers, Role::Finance).is_err() {
-        return Ok(Redirect::to("/login").into_response());
+    match authorize_read(&state.settings, &state.store, &headers, Role::Finance).await {
+        Ok(()) => {}
+        Err(ApiError::Unauthorized | ApiError::Forbidden) => {
+            return Ok(Redirect::to("/login").into_response())
+        }
+        Err(e) => return Err(e),
     }
     let open = state.store.open_period().await?;
     let rows = state.store.usage(&open.id).await?;
@@ -47,35 +61,116 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
-    if check(&state.settings, Some(&form.token), Role::Finance).is_err() {
-        return (
+/// Whether the session cookie is marked `Secure`: as configured, else when
+/// notimeter's public URL is https.
+fn secure(settings: &Settings) -> bool {
+    settings.page.cookie_secure.unwrap_or_else(|| {
+        settings
+            .render
+            .public_url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    })
+}
+
+fn set_cookie(settings: &Settings, value: &str, max_age_secs: u64) -> String {
+    let secure = if secure(settings) { "; Secure" } else { "" };
+    format!("{COOKIE}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Strict{secure}")
+}
+
+/// The client's address, when the server passes it on (`ConnectInfo`).
+fn client_addr(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<std::net::IpAddr> {
+    static MISSING: Once = Once::new();
+    match info {
+        Some(Extension(ConnectInfo(addr))) => Some(addr.ip()),
+        None => {
+            MISSING.call_once(|| {
+                tracing::warn!(
+                    "the server passes no client address: /login throttles all clients together"
+                )
+            });
+            None
+        }
+    }
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ApiError> {
+    let addr = client_addr(info);
+    let accepted = state
+        .login_throttle
+        .attempt(client_key(addr), || {
+            check(&state.settings, Some(&form.token), Role::Finance).is_ok()
+        })
+        .map_err(|retry_after| {
+            tracing::warn!(client = ?addr, retry_after, "too many wrong tokens on /login");
+            ApiError::TooManyRequests { retry_after }
+        })?;
+    if !accepted {
+        tracing::info!(client = ?addr, "finance page sign-in refused: wrong token");
+        return Ok((
             StatusCode::UNAUTHORIZED,
             Html(page::login(Some(
                 "That token is not a finance or admin token.",
             ))),
         )
-            .into_response();
+            .into_response());
     }
-    let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", form.token);
-    (
+    let now = now_ms();
+    let ttl = state.settings.page.session_ttl;
+    let id = new_session_id();
+    // Finance, even when the admin token signed in: a session never writes.
+    state
+        .store
+        .create_session(&NewSession {
+            id_hash: session_hash(&id),
+            role: role_name(Role::Finance).to_owned(),
+            created_at: now,
+            expires_at: now.saturating_add(duration_ms(ttl)),
+            client_addr: addr.map(|a| a.to_string()),
+        })
+        .await?;
+    match state.store.prune_sessions(now).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(pruned = n, "expired sessions deleted"),
+        Err(e) => {
+            tracing::warn!(error = ?anyhow::Error::from(e), "pruning expired sessions failed")
+        }
+    }
+    tracing::info!(client = ?addr, "finance page sign-in");
+    let cookie = set_cookie(&state.settings, &id, ttl.as_secs().max(1));
+    Ok((
         StatusCode::SEE_OTHER,
         [
             (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
             (header::LOCATION, "/".to_owned()),
         ],
     )
-        .into_response()
+        .into_response())
 }
 
-pub async fn logout() -> Response {
-    let cookie = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
-    (
+/// Deletes the session (so its cookie opens nothing anywhere, on any replica)
+/// and clears the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(id) = session_cookie(&headers) {
+        if state.store.delete_session(&session_hash(id)).await? {
+            tracing::info!("finance page sign-out");
+        }
+    }
+    let cookie = set_cookie(&state.settings, "", 0);
+    Ok((
         StatusCode::SEE_OTHER,
         [
             (header::SET_COOKIE, cookie),
             (header::LOCATION, "/login".to_owned()),
         ],
     )
-        .into_response()
+        .into_response())
 }

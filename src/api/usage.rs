@@ -16,7 +16,7 @@ pub async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_read(&state.settings, &headers, Role::Finance)?;
+    authorize_read(&state.settings, &state.store, &headers, Role::Finance).await?;
     let period = state.store.open_period().await?;
     let rows = state.store.usage(&period.id).await?;
     let pricing = Pricing::of(&period, &state.settings.billing);
@@ -43,7 +43,7 @@ pub async fn current_csv(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize_read(&state.settings, &headers, Role::Finance)?;
+    authorize_read(&state.settings, &state.store, &headers, Role::Finance).await?;
     let period = state.store.open_period().await?;
     let filename = format!(
         "attachment; filename=\"notimeter-{}-current.csv\"",

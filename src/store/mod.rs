@@ -8,6 +8,7 @@
 
 mod ledger;
 mod postgres;
+mod sessions;
 mod sql;
 mod sqlite;
 
@@ -18,6 +19,7 @@ use sqlx::AnyPool;
 
 use crate::clock::Millis;
 
+pub use sessions::NewSession;
 pub use sql::Store;
 
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ mod integrations;
 mod ledger;
 mod lifecycle;
 mod limits;
+mod login;
 mod metering;
 mod order;
 mod outage;
