@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -14,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::{error, info};
 
-use crate::api::{channels, health, ledger as ledger_api, page, usage};
+use crate::api::{access, channels, health, ledger as ledger_api, page, usage};
+use crate::auth::Role;
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Registry, SendContext};
 use crate::ledger::{scheduler, Ledger};
 use crate::metering::Metrics;
+use crate::server::{self, BodyTimedOut};
 use crate::store::{self, Store};
 
 #[derive(Clone)]
@@ -35,12 +40,17 @@ pub struct AppState {
     pub render_trigger: Arc<Notify>,
 }
 
+/// The routes, grouped by role; each group's token is checked by a layer,
+/// from the headers, before a handler reads the body.
 pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
     let ingest = Router::new()
         .route("/v1/alertmanager", post(crate::ingest::alertmanager))
-        .layer(DefaultBodyLimit::max(state.settings.max_request_bytes));
-    Router::new()
-        .merge(ingest)
+        .layer(DefaultBodyLimit::max(settings.max_request_bytes));
+    let ingest = access::require(ingest, settings.clone(), Role::Ingest).route_layer(
+        middleware::from_fn_with_state(state.clone(), count_webhook_requests),
+    );
+    let admin = Router::new()
         .route(
             "/v1/users/{user_id}/channels/{channel_id}",
             put(channels::put)
@@ -48,6 +58,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(channels::delete),
         )
         .route("/v1/users/{user_id}/channels", get(channels::list))
+        .route("/v1/ledger/close", post(ledger_api::close))
+        .route("/v1/users/{user_id}/settle", post(ledger_api::settle));
+    let finance = Router::new()
         .route("/v1/usage", get(usage::usage))
         .route("/v1/ledger/current.csv", get(usage::current_csv))
         .route("/v1/ledger/periods", get(ledger_api::periods))
@@ -55,17 +68,53 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/ledger/periods/{id}/items.csv",
             get(ledger_api::items_csv),
-        )
-        .route("/v1/ledger/close", post(ledger_api::close))
-        .route("/v1/users/{user_id}/settle", post(ledger_api::settle))
+        );
+    let metrics = Router::new().route("/metrics", get(health::metrics));
+    // Open: health checks, and the finance page, which sends a visitor
+    // without its cookie to /login instead of answering 401.
+    let open = Router::new()
         .route("/", get(page::index))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", get(page::logout))
-        .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    Router::new()
+        .merge(ingest)
+        .merge(access::require(admin, settings.clone(), Role::Admin))
+        .merge(access::require_for_reads(
+            finance,
+            settings.clone(),
+            Role::Finance,
+        ))
+        .merge(access::require(metrics, settings.clone(), Role::Metrics))
+        .merge(open)
+        .layer(middleware::from_fn_with_state(
+            settings.body_read_timeout,
+            server::body_deadline,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts every answer to the webhook route by status code, refusals by the
+/// token check and body timeouts included.
+async fn count_webhook_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let timed_out = request.extensions().get::<BodyTimedOut>().cloned();
+    let response = next.run(request).await;
+    let status = match timed_out {
+        Some(t) if t.is_set() => StatusCode::REQUEST_TIMEOUT,
+        _ => response.status(),
+    };
+    state
+        .metrics
+        .webhook_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    response
 }
 
 /// Opens the store named by the settings and applies migrations.
@@ -200,10 +249,13 @@ impl Application {
 
         info!(listen = %self.listener.local_addr()?, store = state.store.backend_name(), "notimeter serving");
         let app = router(state.clone());
-        let stop = shutdown.clone();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = server::serve(
+            self.listener,
+            app,
+            server::Limits::of(&settings),
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
         let _ = pruner.await;
         let _ = closes.await;

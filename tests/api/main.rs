@@ -6,6 +6,7 @@ mod helpers;
 
 mod alertmanager;
 mod channels;
+mod connections;
 mod delivery;
 mod deploy;
 mod guard;
