@@ -91,6 +91,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    warn_if_few_descriptors(limits.max_connections);
     let registry = Arc::new(Registry::default());
     let mut last_logged: Option<Instant> = None;
     let mut suppressed = 0u64;
@@ -143,6 +144,40 @@ pub async fn serve(
     drop(listener);
     registry.drain(limits.shutdown_timeout).await;
     Ok(())
+}
+
+/// Descriptors kept for the database pool, outbound connections and files.
+const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// Warns when the process's soft descriptor limit (Linux: /proc/self/limits)
+/// leaves less than [`DESCRIPTOR_RESERVE`] beside `max_connections`.
+fn warn_if_few_descriptors(max_connections: usize) {
+    let Some(limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| soft_open_files_limit(&limits))
+    else {
+        return;
+    };
+    let wanted = max_connections as u64 + DESCRIPTOR_RESERVE;
+    if limit < wanted {
+        warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below max_connections + {DESCRIPTOR_RESERVE}; raise it \
+             (LimitNOFILE=, ulimit -n) to at least {wanted} or lower max_connections"
+        );
+    }
+}
+
+/// The soft "Max open files" of a /proc/<pid>/limits text; None when unlimited.
+fn soft_open_files_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Errors of one connection that `accept` reports; the listener is fine.
@@ -578,5 +613,60 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_soft_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95629                95629                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(soft_open_files_limit(limits), Some(1024));
+        assert_eq!(
+            soft_open_files_limit(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn deadlines_follow_the_connection_state() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1,
+            shutdown_timeout: Duration::from_secs(1),
+        };
+        let conn = Conn::new(Instant::now());
+        // Within a second of now + `after` (the test may be slow, not that slow).
+        let about = |after: Duration| {
+            let d = conn.deadline(&limits).expect("a deadline");
+            let want = Instant::now() + after;
+            assert!(
+                d <= want && d + Duration::from_secs(1) >= want,
+                "{:?} off",
+                want - d
+            );
+        };
+        // New: the head is owed from the start.
+        about(limits.header_read_timeout);
+        assert!(conn.is_waiting());
+        conn.request_started();
+        assert_eq!(conn.deadline(&limits), None, "no deadline while handling");
+        assert!(!conn.is_waiting());
+        conn.handler_done();
+        // Sending the response: the client must keep taking it.
+        about(limits.idle_timeout);
+        conn.response_sent();
+        // Kept alive: idle until the next request's first byte, then the head.
+        about(limits.idle_timeout);
+        assert!(conn.is_waiting());
+        conn.bytes_read();
+        about(limits.header_read_timeout);
     }
 }
