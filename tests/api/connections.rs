@@ -174,6 +174,12 @@ async fn slow_request_bodies_get_408(backend: Backend) {
         assert_eq!(status, 408, "{method} {path}: {body}");
         assert_json_error(&body);
     }
+    assert_eq!(
+        app.metric("notimeter_webhook_requests_total", &[("code", "408")])
+            .await,
+        1.0,
+        "the webhook's 408 is counted as such"
+    );
     // A body that arrives in time is unaffected.
     let r = app
         .put_channel(
@@ -229,6 +235,15 @@ async fn wrong_token_is_refused_before_the_body_is_read(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "a malformed webhook without a token");
+    // Refusals by the token check are counted like the webhook's other answers.
+    for (code, n) in [("401", 2.0), ("403", 1.0)] {
+        assert_eq!(
+            app.metric("notimeter_webhook_requests_total", &[("code", code)])
+                .await,
+            n,
+            "{code}"
+        );
+    }
     app.stop().await;
 }
 
