@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -15,12 +18,14 @@ use tower_http::trace::TraceLayer;
 use tracing::{error, info, warn};
 
 use crate::api::throttle::LoginThrottle;
-use crate::api::{channels, health, ledger as ledger_api, page, usage};
+use crate::api::{access, channels, health, ledger as ledger_api, page, usage};
+use crate::auth::Role;
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Registry, SendContext};
 use crate::ledger::{scheduler, Ledger};
 use crate::metering::Metrics;
+use crate::server::{self, BodyTimedOut};
 use crate::store::{self, Store};
 
 #[derive(Clone)]
@@ -38,12 +43,18 @@ pub struct AppState {
     pub login_throttle: Arc<LoginThrottle>,
 }
 
+/// The routes, grouped by role; each group's token is checked by a layer,
+/// from the headers, before a handler reads the body.
 pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
     let ingest = Router::new()
         .route("/v1/alertmanager", post(crate::ingest::alertmanager))
-        .layer(DefaultBodyLimit::max(state.settings.max_request_bytes));
-    Router::new()
-        .merge(ingest)
+        .layer(DefaultBodyLimit::max(settings.max_request_bytes));
+    let ingest =
+        access::require(ingest, settings.clone(), state.store.clone(), Role::Ingest).route_layer(
+            middleware::from_fn_with_state(state.clone(), count_webhook_requests),
+        );
+    let admin = Router::new()
         .route(
             "/v1/users/{user_id}/channels/{channel_id}",
             put(channels::put)
@@ -51,6 +62,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(channels::delete),
         )
         .route("/v1/users/{user_id}/channels", get(channels::list))
+        .route("/v1/ledger/close", post(ledger_api::close))
+        .route("/v1/users/{user_id}/settle", post(ledger_api::settle));
+    let finance = Router::new()
         .route("/v1/usage", get(usage::usage))
         .route("/v1/ledger/current.csv", get(usage::current_csv))
         .route("/v1/ledger/periods", get(ledger_api::periods))
@@ -58,17 +72,64 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/ledger/periods/{id}/items.csv",
             get(ledger_api::items_csv),
-        )
-        .route("/v1/ledger/close", post(ledger_api::close))
-        .route("/v1/users/{user_id}/settle", post(ledger_api::settle))
+        );
+    let metrics = Router::new().route("/metrics", get(health::metrics));
+    // Open: health checks, and the finance page, which sends a visitor
+    // without its cookie to /login instead of answering 401.
+    let open = Router::new()
         .route("/", get(page::index))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", get(page::logout))
-        .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", get(health::readyz));
+    Router::new()
+        .merge(ingest)
+        .merge(access::require(
+            admin,
+            settings.clone(),
+            state.store.clone(),
+            Role::Admin,
+        ))
+        .merge(access::require_for_reads(
+            finance,
+            settings.clone(),
+            state.store.clone(),
+            Role::Finance,
+        ))
+        .merge(access::require(
+            metrics,
+            settings.clone(),
+            state.store.clone(),
+            Role::Metrics,
+        ))
+        .merge(open)
+        .layer(middleware::from_fn_with_state(
+            settings.body_read_timeout,
+            server::body_deadline,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts every answer to the webhook route by status code, refusals by the
+/// token check and body timeouts included.
+async fn count_webhook_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let timed_out = request.extensions().get::<BodyTimedOut>().cloned();
+    let response = next.run(request).await;
+    let status = match timed_out {
+        Some(t) if t.is_set() => StatusCode::REQUEST_TIMEOUT,
+        _ => response.status(),
+    };
+    state
+        .metrics
+        .webhook_requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    response
 }
 
 /// Opens the store named by the settings and applies migrations.
@@ -210,18 +271,37 @@ impl Application {
 
         info!(listen = %self.listener.local_addr()?, store = state.store.backend_name(), "notimeter serving");
         let app = router(state.clone());
-        let stop = shutdown.clone();
-        // The client address (`ConnectInfo`) is what `/login` throttles by.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        // The whole stop, from the signal on, takes at most `shutdown_timeout`:
+        // the server drains its connections while the dispatcher finishes or
+        // releases its sends, then the store closes.
+        let mut server = tokio::spawn(server::serve(
+            self.listener,
+            app,
+            server::Limits::of(&settings),
+            shutdown.clone(),
+        ));
+        let served = tokio::select! {
+            served = &mut server => Some(served),
+            _ = shutdown.cancelled() => None,
+        };
+        let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
         shutdown.cancel();
+        let served = match served {
+            Some(served) => served,
+            None => match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         // Whatever the store does (stalled, locked, gone), shutdown ends
         // within `shutdown_timeout`: what has not finished by then is left
         // to its lease, which expires and hands the message to another worker.
         let background = [pruner, closes, renders, retention];
-        let wound_down = tokio::time::timeout(settings.shutdown_timeout, async {
+        let wound_down = tokio::time::timeout_at(deadline, async {
             for task in background {
                 let _ = task.await;
             }

@@ -58,6 +58,22 @@ pub struct Settings {
     pub max_user_series: usize,
     /// Largest webhook body accepted, in bytes (413 above it).
     pub max_request_bytes: usize,
+    /// Time a client has to send a request's head (line and headers): from
+    /// the connection's opening, or on a kept-alive connection from the first
+    /// byte of the next request. The connection is closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a request's whole body has to arrive, from its head (408 after it).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request, and how
+    /// long a response may wait for a client that does not read it, before the
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once. A new one beyond it closes the
+    /// connection idle the longest (or, when every one is busy, is refused).
+    pub max_connections: usize,
     /// How long a request waits for the store before it answers 503 with
     /// `Retry-After` (ingest, readiness).
     #[serde(with = "humantime_serde")]
@@ -93,6 +109,10 @@ impl Default for Settings {
             dedupe_window: Duration::from_secs(30),
             max_user_series: 10_000,
             max_request_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
             shutdown_timeout: Duration::from_secs(10),
             store_timeout: Duration::from_millis(1500),
             log_format: LogFormat::Plain,
@@ -472,6 +492,22 @@ impl Settings {
         }
         if self.limits.interval.is_zero() {
             return Err("limits.interval must be longer than 0s".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if [
+            self.header_read_timeout,
+            self.body_read_timeout,
+            self.idle_timeout,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+        {
+            return Err(
+                "header_read_timeout, body_read_timeout and idle_timeout must be longer than 0s"
+                    .into(),
+            );
         }
         if self.max_user_series == 0 {
             return Err("max_user_series must be at least 1".into());

@@ -16,5 +16,6 @@ pub mod ingest;
 pub mod ledger;
 pub mod metering;
 pub mod render;
+pub mod server;
 pub mod store;
 pub mod telemetry;

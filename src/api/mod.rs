@@ -1,6 +1,7 @@
 //! The HTTP API besides ingest: channels (admin), usage and ledger (finance),
 //! metrics and health.
 
+pub mod access;
 pub mod channels;
 pub mod health;
 pub mod ledger;

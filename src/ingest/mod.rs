@@ -25,16 +25,11 @@ pub async fn alertmanager(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = match handle(&state, &headers, body).await {
+    // Answers are counted by the route's layer (app::router), refusals included.
+    match handle(&state, &headers, body).await {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
         Err(e) => e.into_response(),
-    };
-    state
-        .metrics
-        .webhook_requests
-        .with_label_values(&[response.status().as_str()])
-        .inc();
-    response
+    }
 }
 
 fn parse_envelope(body: &[u8]) -> Result<Envelope, ApiError> {

@@ -32,7 +32,7 @@ fn no_redirects() -> Client {
 }
 
 /// Signs in with `token`; returns the whole `Set-Cookie` and its `name=value` pair.
-async fn sign_in(app: &TestApp, token: &str) -> (String, String) {
+pub async fn sign_in(app: &TestApp, token: &str) -> (String, String) {
     let r = no_redirects()
         .post(app.url("/login"))
         .form(&[("token", token)])

@@ -7,6 +7,7 @@ mod helpers;
 mod alertmanager;
 mod cancel;
 mod channels;
+mod connections;
 mod delivery;
 mod deploy;
 mod guard;
