@@ -334,7 +334,7 @@ async fn run_renderer(state: AppState, shutdown: CancellationToken) {
     let renderer = crate::render::publish::Renderer {
         store: &state.store,
         settings: &settings,
-        http: reqwest::Client::new(),
+        http: crate::render::publish::operator_client(),
         metrics: Some(&state.metrics),
     };
     loop {

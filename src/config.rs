@@ -53,6 +53,9 @@ pub struct Settings {
     pub metrics_token: Option<Secret>,
     pub allow_insecure: bool,
     pub outbound_allow: Vec<IpNet>,
+    /// The HTTP proxy deliveries go through (`http://host:port`, optionally
+    /// with `user:password@`). Never taken from `HTTP_PROXY` and the like.
+    pub outbound_proxy: Option<Secret>,
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
     pub max_user_series: usize,
@@ -106,6 +109,7 @@ impl Default for Settings {
             metrics_token: None,
             allow_insecure: false,
             outbound_allow: Vec::new(),
+            outbound_proxy: None,
             dedupe_window: Duration::from_secs(30),
             max_user_series: 10_000,
             max_request_bytes: 1024 * 1024,
@@ -509,6 +513,12 @@ impl Settings {
                     .into(),
             );
         }
+        if let Some(proxy) = &self.outbound_proxy {
+            let scheme = url::Url::parse(proxy.expose()).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err("outbound_proxy must be a URL such as http://proxy:3128".into());
+            }
+        }
         if self.max_user_series == 0 {
             return Err("max_user_series must be at least 1".into());
         }
@@ -610,5 +620,21 @@ mod tests {
         assert_eq!(s.outbound_allow.len(), 1);
         assert_eq!(s.billing.unit_price("slack").to_string(), "0.010");
         assert_eq!(s.billing.unit_price("sms"), Decimal::ZERO);
+    }
+
+    #[test]
+    fn outbound_proxy_is_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "outbound_proxy = \"http://u:p@proxy:3128\"\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(
+            s.outbound_proxy.as_ref().map(Secret::expose),
+            Some("http://u:p@proxy:3128")
+        );
+        assert_eq!(format!("{:?}", s.outbound_proxy), "Some(<secret>)");
+        std::fs::write(&path, "outbound_proxy = \"proxy:3128\"\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("outbound_proxy"), "{err}");
     }
 }

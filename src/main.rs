@@ -76,7 +76,7 @@ async fn render(settings: Settings, dry_run: bool, diff: bool, force: bool) -> a
     let renderer = Renderer {
         store: &store,
         settings: &settings,
-        http: reqwest::Client::new(),
+        http: publish::operator_client(),
         metrics: None,
     };
     if dry_run || diff {

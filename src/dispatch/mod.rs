@@ -107,29 +107,65 @@ pub struct SendContext {
     pub http: reqwest::Client,
     pub settings: Arc<Settings>,
     pub guard: guard::Guard,
+    /// Whether requests go through `outbound_proxy`: the proxy resolves
+    /// names, so the guard resolves and checks them before sending.
+    proxied: bool,
 }
 
 impl SendContext {
     pub fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
         let guard = guard::Guard::new(settings.outbound_allow.clone());
-        let http = reqwest::Client::builder()
+        let proxied = settings.outbound_proxy.is_some();
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("notimeter/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.dispatch.send_timeout)
-            .dns_resolver(Arc::new(guard.clone()))
-            .redirect(guard.redirect_policy())
-            .build()?;
+            .redirect(guard.redirect_policy(proxied));
+        // Proxies come from notimeter's configuration only, never from
+        // HTTP_PROXY and the like: those would bypass the guard. Through a
+        // proxy, our resolver only ever sees the proxy's name (the operator's,
+        // allowed even if private), so it is not guarded.
+        let builder = match &settings.outbound_proxy {
+            Some(proxy) => builder.proxy(
+                reqwest::Proxy::all(proxy.expose())
+                    .map_err(|e| anyhow::anyhow!("outbound_proxy: {}", e.without_url()))?,
+            ),
+            None => builder.no_proxy().dns_resolver(Arc::new(guard.clone())),
+        };
         Ok(Self {
-            http,
+            http: builder.build()?,
             settings,
             guard,
+            proxied,
         })
     }
 
-    /// Checks a user-supplied URL again at send time.
-    pub fn checked_url(&self, raw: &str) -> Result<url::Url, SendError> {
-        self.guard
-            .check_url(raw)
-            .map_err(|e| SendError::permanent(Reason::ClientError, format!("outbound guard: {e}")))
+    /// Checks a user-supplied URL again at send time; through a proxy, also
+    /// what its name resolves to now (every answer must be allowed).
+    pub async fn checked_url(&self, raw: &str) -> Result<url::Url, SendError> {
+        let url = self.guard.check_url(raw).map_err(|e| {
+            SendError::permanent(Reason::ClientError, format!("outbound guard: {e}"))
+        })?;
+        if self.proxied {
+            match self.guard.check_name(&url).await {
+                Ok(Ok(())) => {}
+                Ok(Err(refused)) => {
+                    return Err(SendError::permanent(
+                        Reason::ClientError,
+                        refused.to_string(),
+                    ))
+                }
+                Err(e) => {
+                    return Err(SendError {
+                        reason: Reason::Other,
+                        retryable: true,
+                        retry_after: None,
+                        status: None,
+                        detail: format!("resolving the URL's host failed: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(url)
     }
 }
 

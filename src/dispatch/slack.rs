@@ -114,7 +114,7 @@ impl Integration for Slack {
     ) -> Result<Sent, SendError> {
         let s: Settings =
             parse_settings(settings).map_err(|e| SendError::permanent(Reason::Other, e))?;
-        let url = ctx.checked_url(&s.api_url)?;
+        let url = ctx.checked_url(&s.api_url).await?;
         let body = message(payload, s.channel, s.username);
         http::send(ctx.http.post(url).json(&body), check_body).await
     }

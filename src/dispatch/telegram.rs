@@ -269,7 +269,9 @@ impl Integration for Telegram {
             .as_deref()
             .unwrap_or(DEFAULT_API_URL)
             .trim_end_matches('/');
-        let url = ctx.checked_url(&format!("{base}/bot{token}/sendMessage"))?;
+        let url = ctx
+            .checked_url(&format!("{base}/bot{token}/sendMessage"))
+            .await?;
         let mut body = json!({
             "chat_id": chat_id,
             "text": text,

@@ -60,7 +60,7 @@ pub(crate) async fn post_payload(
     payload: &WebhookPayload,
     auth: Auth<'_>,
 ) -> Result<Sent, SendError> {
-    let url = ctx.checked_url(raw_url)?;
+    let url = ctx.checked_url(raw_url).await?;
     let mut request = ctx.http.post(url).json(payload);
     match auth {
         Auth::None => {}

@@ -202,7 +202,9 @@ pub async fn fetch(address: &str) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
         "{}/v1/kv/users/?recurse=true",
         address.trim_end_matches('/')
     );
-    let r = reqwest::get(&url)
+    let r = super::publish::operator_client()
+        .get(&url)
+        .send()
         .await
         .map_err(|e| anyhow::anyhow!("reading Consul: {}", e.without_url()))?;
     if r.status() == reqwest::StatusCode::NOT_FOUND {

@@ -182,6 +182,16 @@ pub async fn reload(http: &reqwest::Client, url: &str, timeout: Duration) -> Res
     }
 }
 
+/// The HTTP client for the operator's own services (Alertmanager, Consul).
+/// Without a proxy: notimeter never takes one from `HTTP_PROXY` and the like,
+/// and `outbound_proxy` is for deliveries.
+pub fn operator_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("the HTTP client builds, as reqwest::Client::new() would")
+}
+
 /// Renders, checks and publishes once.
 pub struct Renderer<'a> {
     pub store: &'a Store,
