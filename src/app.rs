@@ -36,9 +36,16 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    // The ingest limit takes a turn before the body is read; keep it inside
+    // (added before) any layer that authenticates the request.
+    let limit = crate::ingest::IngestLimit::new(&state.settings, state.metrics.clone());
     let ingest = Router::new()
         .route("/v1/alertmanager", post(crate::ingest::alertmanager))
-        .layer(DefaultBodyLimit::max(state.settings.max_request_bytes));
+        .layer(DefaultBodyLimit::max(state.settings.max_request_bytes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            limit,
+            crate::ingest::limit,
+        ));
     Router::new()
         .merge(ingest)
         .route(

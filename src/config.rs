@@ -58,6 +58,14 @@ pub struct Settings {
     pub max_user_series: usize,
     /// Largest webhook body accepted, in bytes (413 above it).
     pub max_request_bytes: usize,
+    /// Webhook requests read and handled at once; each holds its body and its
+    /// parsed alerts (about 16 MB for a 1 MiB payload of 20,000 alerts), so this bounds ingest
+    /// memory. Further requests wait, before their body is read.
+    pub max_concurrent_ingests: usize,
+    /// How long a webhook request waits for its turn before it is answered 503
+    /// with `Retry-After` (Alertmanager retries it).
+    #[serde(with = "humantime_serde")]
+    pub ingest_queue_timeout: Duration,
     /// How long shutdown waits for in-flight sends before it releases them.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -86,6 +94,8 @@ impl Default for Settings {
             dedupe_window: Duration::from_secs(30),
             max_user_series: 10_000,
             max_request_bytes: 1024 * 1024,
+            max_concurrent_ingests: 4,
+            ingest_queue_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Plain,
             dispatch: DispatchSettings::default(),
@@ -439,6 +449,9 @@ impl Settings {
         }
         if self.max_user_series == 0 {
             return Err("max_user_series must be at least 1".into());
+        }
+        if self.max_concurrent_ingests == 0 {
+            return Err("max_concurrent_ingests must be at least 1".into());
         }
         Ok(())
     }
