@@ -208,8 +208,8 @@ pub struct InvalidAlert {
 }
 
 /// Reads the `alerts` array element by element, parsing each on its own: the
-/// raw text of one element is borrowed from the body (or copied, for a reader)
-/// only while it is parsed.
+/// raw text of one element is copied out of the body only while it is parsed,
+/// and no JSON tree is built.
 fn each_alert<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<Result<Alert, InvalidAlert>>, D::Error> {
