@@ -47,9 +47,13 @@ pub struct AppState {
 /// from the headers, before a handler reads the body.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
+    // The ingest limit takes a turn before the body is read; it sits inside
+    // (is added before) the layer that authenticates the request.
+    let limit = crate::ingest::IngestLimit::new(&state.settings);
     let ingest = Router::new()
         .route("/v1/alertmanager", post(crate::ingest::alertmanager))
-        .layer(DefaultBodyLimit::max(settings.max_request_bytes));
+        .layer(DefaultBodyLimit::max(settings.max_request_bytes))
+        .route_layer(middleware::from_fn_with_state(limit, crate::ingest::limit));
     let ingest =
         access::require(ingest, settings.clone(), state.store.clone(), Role::Ingest).route_layer(
             middleware::from_fn_with_state(state.clone(), count_webhook_requests),

@@ -61,6 +61,14 @@ pub struct Settings {
     pub max_user_series: usize,
     /// Largest webhook body accepted, in bytes (413 above it).
     pub max_request_bytes: usize,
+    /// Webhook requests read and handled at once; each holds its body and its
+    /// parsed alerts (about 16 MB for a 1 MiB payload of 20,000 alerts), so this bounds ingest
+    /// memory. Further requests wait, before their body is read.
+    pub max_concurrent_ingests: usize,
+    /// How long a webhook request waits for its turn before it is answered 503
+    /// with `Retry-After` (Alertmanager retries it).
+    #[serde(with = "humantime_serde")]
+    pub ingest_queue_timeout: Duration,
     /// Time a client has to send a request's head (line and headers): from
     /// the connection's opening, or on a kept-alive connection from the first
     /// byte of the next request. The connection is closed after it.
@@ -117,6 +125,8 @@ impl Default for Settings {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            max_concurrent_ingests: 4,
+            ingest_queue_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
             store_timeout: Duration::from_millis(1500),
             log_format: LogFormat::Plain,
@@ -530,6 +540,9 @@ impl Settings {
                 "page.login_failures must be at least 1 and page.login_window longer than 0s"
                     .into(),
             );
+        }
+        if self.max_concurrent_ingests == 0 {
+            return Err("max_concurrent_ingests must be at least 1".into());
         }
         Ok(())
     }

@@ -27,6 +27,9 @@ pub enum ApiError {
     TooManyRequests { retry_after: u64 },
     #[error("the store cannot take the request right now; try again")]
     Unavailable(#[source] anyhow::Error),
+    /// Too many requests of this kind in progress: a short wait, then retry.
+    #[error("{0}; try again")]
+    Busy(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -42,13 +45,22 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn unavailable(e: impl Into<anyhow::Error>) -> Self {
         ApiError::Unavailable(e.into())
+    }
+
+    /// Seconds a client should wait before retrying, for a 503.
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Unavailable(_) => Some("5"),
+            ApiError::Busy(_) => Some("1"),
+            _ => None,
+        }
     }
 }
 
@@ -64,13 +76,14 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Unavailable(cause) => tracing::error!(error = ?cause, "store unavailable"),
             ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            ApiError::Busy(what) => tracing::warn!(what, "busy: request refused with 503"),
             _ => tracing::debug!(status = status.as_u16(), error = %self, "request refused"),
         }
         let mut response = (status, Json(json!({"error": self.to_string()}))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = self.retry_after() {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("5"),
+                axum::http::HeaderValue::from_static(seconds),
             );
         }
         if let ApiError::TooManyRequests { retry_after } = self {

@@ -121,6 +121,7 @@ pub async fn serve(
                 }
             }
         };
+        tracing::trace!(%peer, "connection accepted");
         let _ = stream.set_nodelay(true);
         let (id, conn) = registry.add();
         if registry.open() > limits.max_connections && !registry.evict_longest_waiting(Some(id)) {

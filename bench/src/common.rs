@@ -50,9 +50,25 @@ impl Drop for Process {
 }
 
 impl Process {
+    /// The most resident memory the process has had (VmHWM), in MB.
     pub fn peak_rss_mb(&self) -> Option<f64> {
+        self.status_mb("VmHWM:")
+    }
+
+    /// Its resident memory now (VmRSS), in MB.
+    pub fn rss_mb(&self) -> Option<f64> {
+        self.status_mb("VmRSS:")
+    }
+
+    /// Starts the peak (VmHWM) again from the current RSS, so that one phase
+    /// of a run can be measured on its own (Linux `clear_refs`, value 5).
+    pub fn reset_peak_rss(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.0.id()), "5").is_ok()
+    }
+
+    fn status_mb(&self, field: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb / 1024.0)
     }

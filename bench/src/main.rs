@@ -1,11 +1,13 @@
 //! notimeter-bench: measures a release build of notimeter on this machine.
-//! `core` (the ingest and delivery path) and `integrations` (per-integration
-//! throughput and isolation); see the README's Benchmarks section.
+//! `core` (the ingest and delivery path), `integrations` (per-integration
+//! throughput and isolation), `ledger`, `render` and `memory` (resident memory
+//! under load); see the README's Benchmarks section.
 
 mod common;
 mod core;
 mod integrations;
 mod ledger;
+mod memory;
 mod render;
 
 use std::net::SocketAddr;
@@ -28,6 +30,8 @@ enum Verb {
     Integrations(integrations::IntegrationArgs),
     /// Closing a period of 1,000,000 messages, exporting 100,000 rows, peak RSS.
     Ledger(ledger::LedgerArgs),
+    /// Peak and settled RSS: idle, normal load, 16 concurrent 20,000-alert payloads.
+    Memory(memory::MemoryArgs),
     /// Rendering 10,000 users × 3 channels in both modes; amtool, reload, Alertmanager CPU.
     Render(render::RenderArgs),
     /// (internal) A handler that parses the webhook payload and answers 200 without a store.
@@ -45,6 +49,7 @@ fn main() -> Result<()> {
             Verb::Core(args) => core::run(args).await,
             Verb::Integrations(args) => integrations::run(args).await,
             Verb::Ledger(args) => ledger::run(args).await,
+            Verb::Memory(args) => memory::run(args).await,
             Verb::Render(args) => render::run(args).await,
             Verb::NullServer { listen } => core::null_server(listen).await,
         }

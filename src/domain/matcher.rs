@@ -7,6 +7,17 @@ use std::fmt;
 
 use regex::Regex;
 
+/// Where matchers read label values: an alert's labels, or a map in tests.
+pub trait LabelLookup {
+    fn label(&self, name: &str) -> Option<&str>;
+}
+
+impl LabelLookup for BTreeMap<String, String> {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatchOp {
     Equal,
@@ -161,8 +172,8 @@ impl Matcher {
         Self::new(name, op, &value).map_err(|e| format!("matcher {input:?}: {e}"))
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let v = labels.get(&self.name).map(String::as_str).unwrap_or("");
+    pub fn matches(&self, labels: &(impl LabelLookup + ?Sized)) -> bool {
+        let v = labels.label(&self.name).unwrap_or("");
         match self.op {
             MatchOp::Equal => v == self.value,
             MatchOp::NotEqual => v != self.value,
@@ -185,7 +196,7 @@ impl Matchers {
             .map(Matchers)
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &(impl LabelLookup + ?Sized)) -> bool {
         self.0.iter().all(|m| m.matches(labels))
     }
 

@@ -1,23 +1,66 @@
-//! `POST /v1/alertmanager`: auth, size limit, parsing, attribution, dedupe, and
-//! one transaction that writes every resulting message before the 200.
+//! `POST /v1/alertmanager`: auth, a bound on requests handled at once, size
+//! limit, parsing, attribution, dedupe, and one transaction that writes every
+//! resulting message before the 200.
+//!
+//! Memory: a request's body, its parsed alerts and the messages built from
+//! them are not all alive at once (the body is dropped once the alerts are
+//! parsed, the alerts once the messages are built), and at most
+//! `max_concurrent_ingests` requests get that far at a time.
 
 pub mod route;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 use tracing::{info, instrument};
 
 use crate::app::AppState;
 use crate::auth::{authorize, Role};
 use crate::clock::{duration_ms, now_ms};
-use crate::domain::alert::{dedupe_key, parse_alert, Envelope};
+use crate::config::Settings;
+use crate::domain::alert::{dedupe_key, Envelope};
 use crate::error::ApiError;
 use crate::store::{self, Enqueued, IngestBatch};
+
+/// The bound on webhook requests handled at once (`max_concurrent_ingests`).
+#[derive(Clone)]
+pub struct IngestLimit {
+    permits: Arc<Semaphore>,
+    queue_timeout: Duration,
+}
+
+impl IngestLimit {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_ingests)),
+            queue_timeout: settings.ingest_queue_timeout,
+        }
+    }
+}
+
+/// Middleware on the ingest route, inside the auth layer: a request waits up to
+/// `ingest_queue_timeout` for its turn, and is answered 503 with `Retry-After`
+/// if none comes (Alertmanager retries, so nothing is lost). Its body is read
+/// only once it has its turn, so waiting requests hold no payload. The turn
+/// is given back when the response is ready or the request is dropped.
+pub async fn limit(State(limit): State<IngestLimit>, request: Request, next: Next) -> Response {
+    let turn =
+        tokio::time::timeout(limit.queue_timeout, limit.permits.clone().acquire_owned()).await;
+    let Ok(Ok(_permit)) = turn else {
+        // Counted in notimeter_webhook_requests_total by the layer around it.
+        return ApiError::Busy("too many webhook requests in progress").into_response();
+    };
+    next.run(request).await
+}
 
 #[instrument(skip_all, fields(receiver))]
 pub async fn alertmanager(
@@ -60,14 +103,17 @@ async fn handle(
             ApiError::BadRequest(r.body_text())
         }
     })?;
-    let envelope = parse_envelope(&body)?;
+    let mut envelope = parse_envelope(&body)?;
+    drop(body);
     tracing::Span::current().record("receiver", envelope.receiver.as_str());
-    let parsed: Vec<_> = envelope.alerts.iter().map(parse_alert).collect();
-    let key = dedupe_key(&envelope, &parsed);
+    let alerts = std::mem::take(&mut envelope.alerts);
+    let received = alerts.len();
+    let key = dedupe_key(&envelope, &alerts);
     let deadline = tokio::time::Instant::now() + state.settings.store_timeout;
+    // Consumes the alerts: only the messages' payloads are left after it.
     let plan = store::within(
         state.settings.store_timeout,
-        route::plan(&state.store, &envelope, parsed),
+        route::plan(&state.store, &envelope, alerts),
     )
     .await?;
     let now = now_ms();
@@ -86,10 +132,7 @@ async fn handle(
     match store::within(left, state.store.enqueue(batch)).await? {
         Enqueued::Duplicate => {
             state.metrics.duplicates.inc();
-            info!(
-                alerts = envelope.alerts.len(),
-                "duplicate notification ignored"
-            );
+            info!(alerts = received, "duplicate notification ignored");
             Ok(json!({"status": "duplicate"}))
         }
         Enqueued::Accepted { superseded } => {
@@ -102,13 +145,13 @@ async fn handle(
                     "older messages of the group superseded before they were sent"
                 );
             }
-            for user in &plan.received {
+            for (user, n) in &plan.received {
                 let label = state.metrics.user_label(user);
                 state
                     .metrics
                     .alerts_received
                     .with_label_values(&[label])
-                    .inc();
+                    .inc_by(*n);
             }
             for reason in &undeliverable_reasons {
                 state
@@ -122,7 +165,7 @@ async fn handle(
             }
             Ok(json!({
                 "status": "accepted",
-                "alerts": envelope.alerts.len(),
+                "alerts": received,
                 "messages": messages,
                 "undeliverable": undeliverable_reasons.len(),
             }))

@@ -10,12 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-
-use crate::domain::alert::Envelope;
-use crate::domain::{
-    Alert, AlertStatus, Channel, ChannelId, ChannelSpec, Matchers, UserId, WebhookPayload,
-};
+use crate::domain::alert::{Envelope, InvalidAlert, OutgoingPayload};
+use crate::domain::{Alert, AlertStatus, Channel, ChannelId, ChannelSpec, Matchers, UserId};
 use crate::store::{ChannelRecord, NewMessage, Store, StoreError, Undeliverable};
 
 /// Where a notification was addressed.
@@ -82,8 +78,8 @@ struct Attributed {
 pub struct Plan {
     pub messages: Vec<NewMessage>,
     pub undeliverable: Vec<Undeliverable>,
-    /// The user each received alert was attributed to (for the counters).
-    pub received: Vec<String>,
+    /// Received alerts per user they were attributed to (for the counters).
+    pub received: BTreeMap<String, u64>,
 }
 
 fn attribute(alert: Alert) -> Attributed {
@@ -118,6 +114,15 @@ pub fn parse_channel(rec: &ChannelRecord) -> Result<Channel, String> {
 }
 
 impl Plan {
+    fn count_received(&mut self, user: &str) {
+        match self.received.get_mut(user) {
+            Some(n) => *n += 1,
+            None => {
+                self.received.insert(user.to_owned(), 1);
+            }
+        }
+    }
+
     fn undeliverable(&mut self, envelope: &Envelope, a: &Attributed, reason: &'static str) {
         self.undeliverable.push(Undeliverable {
             user_id: a.user.to_string(),
@@ -141,24 +146,22 @@ impl Plan {
             .collect();
         // Like Alertmanager: without send_resolved, resolved alerts are left out,
         // and a notification with nothing firing is not sent.
-        let to_send: Vec<Alert> = matched
+        let to_send: Vec<&Alert> = matched
             .iter()
             .map(|&i| &alerts[i].alert)
             .filter(|a| channel.spec.send_resolved || a.status == AlertStatus::Firing)
-            .cloned()
             .collect();
         if !to_send.is_empty() {
-            let alertnames: BTreeSet<&str> = to_send.iter().map(Alert::alertname).collect();
+            let alertnames: BTreeSet<&str> = to_send.iter().map(|a| a.alertname()).collect();
             let alertnames = alertnames.into_iter().collect::<Vec<_>>().join(",");
-            let payload = WebhookPayload::for_alerts(envelope, to_send);
             self.messages.push(NewMessage {
                 user_id: channel.user_id.to_string(),
                 channel_id: channel.channel_id.to_string(),
                 integration: channel.spec.kind.clone(),
                 group_key: envelope.group_key.clone(),
-                alert_count: payload.alerts.len() as i64,
+                alert_count: to_send.len() as i64,
                 alertnames,
-                payload: serde_json::to_string(&payload).expect("payload serialises"),
+                payload: OutgoingPayload::new(envelope, &to_send).to_json(),
             });
         }
         matched
@@ -169,32 +172,29 @@ impl Plan {
 pub async fn plan(
     store: &Store,
     envelope: &Envelope,
-    parsed: Vec<Result<Alert, String>>,
+    parsed: Vec<Result<Alert, InvalidAlert>>,
 ) -> Result<Plan, StoreError> {
     let mut plan = Plan::default();
     let mut alerts = Vec::with_capacity(parsed.len());
-    for (result, raw) in parsed.into_iter().zip(&envelope.alerts) {
+    for result in parsed {
         match result {
             Ok(alert) => alerts.push(attribute(alert)),
-            Err(why) => {
-                let raw_user = raw
-                    .pointer("/labels/user_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                tracing::warn!(receiver = %envelope.receiver, error = %why, "undeliverable alert");
-                plan.received.push(crate::domain::UNATTRIBUTED.to_owned());
+            Err(invalid) => {
+                tracing::warn!(receiver = %envelope.receiver, error = %invalid.error, "undeliverable alert");
+                plan.count_received(crate::domain::UNATTRIBUTED);
                 plan.undeliverable.push(Undeliverable {
                     user_id: crate::domain::UNATTRIBUTED.to_owned(),
-                    raw_user_id: raw_user,
+                    raw_user_id: invalid.raw_user_id,
                     receiver: envelope.receiver.clone(),
                     reason: reason::INVALID_ALERT,
-                    alert: raw.to_string(),
+                    alert: invalid.raw,
                 });
             }
         }
     }
-    plan.received
-        .extend(alerts.iter().map(|a| a.user.to_string()));
+    for a in &alerts {
+        plan.count_received(a.user.as_str());
+    }
 
     match parse_receiver(&envelope.receiver) {
         Target::Invalid(why) => {

@@ -12,6 +12,7 @@ mod delivery;
 mod deploy;
 mod guard;
 mod ingest;
+mod ingest_limit;
 mod integrations;
 mod ledger;
 mod lifecycle;
