@@ -424,63 +424,19 @@ impl Store {
                 r.attempt - 1
             };
             let reason = (r.result != "success").then_some(&r.result);
+            // A message that would wait while a newer one of its group is
+            // queued is superseded instead: final, never sent again.
             let waits = matches!(r.outcome, Outcome::Defer { .. } | Outcome::Retry { .. });
-            if waits && self.has_newer_in_group(&mut tx, r.message_id).await? {
-                let (period_id, final_at) = self.period_now(&mut tx, &mut period).await?;
-                let done = sqlx::query(
-                    "UPDATE messages SET state = 'superseded', attempts = $1, final_at = $2, \
-                       last_reason = $3, last_error = $4, period_id = $5, paced = 0, \
-                       lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $6 AND state = 'pending' AND lease_owner = $7",
-                )
-                .bind(attempts)
-                .bind(final_at)
-                .bind(reason)
-                .bind(&r.error)
-                .bind(period_id)
-                .bind(r.message_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 0 {
-                    applied.push(Recorded::LeaseLost);
-                } else {
-                    if r.attempted {
-                        Self::insert_attempt(&mut tx, r).await?;
-                    }
-                    applied.push(Recorded::Superseded);
-                }
-                continue;
-            }
-            let updated = match r.outcome {
-                Outcome::Defer { due_at, paced } => sqlx::query(
-                    "UPDATE messages SET due_at = $1, paced = $4, lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $2 AND state = 'pending' AND lease_owner = $3",
-                )
-                .bind(due_at)
-                .bind(r.message_id)
-                .bind(owner)
-                .bind(i64::from(paced))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Outcome::Retry { due_at } => sqlx::query(
-                    "UPDATE messages SET attempts = $1, due_at = $2, last_reason = $3, last_error = $4, \
-                       paced = 0, lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $5 AND state = 'pending' AND lease_owner = $6",
-                )
-                .bind(attempts)
-                .bind(due_at)
-                .bind(reason)
-                .bind(&r.error)
-                .bind(r.message_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Outcome::Delivered | Outcome::Failed => {
+            let superseded = waits && self.has_newer_in_group(&mut tx, r.message_id).await?;
+            let final_state = match r.outcome {
+                _ if superseded => Some("superseded"),
+                Outcome::Delivered => Some("delivered"),
+                Outcome::Failed => Some("failed"),
+                Outcome::Retry { .. } | Outcome::Defer { .. } => None,
+            };
+            let updated = match (final_state, r.outcome) {
+                (Some(state), _) => {
                     let (period_id, final_at) = self.period_now(&mut tx, &mut period).await?;
-                    let state = if r.outcome == Outcome::Delivered { "delivered" } else { "failed" };
                     sqlx::query(
                         "UPDATE messages SET state = $1, attempts = $2, final_at = $3, last_reason = $4, \
                            last_error = $5, period_id = $6, paced = 0, lease_owner = NULL, lease_until = NULL \
@@ -498,6 +454,32 @@ impl Store {
                     .await?
                     .rows_affected()
                 }
+                (None, Outcome::Defer { due_at, paced }) => sqlx::query(
+                    "UPDATE messages SET due_at = $1, paced = $4, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $2 AND state = 'pending' AND lease_owner = $3",
+                )
+                .bind(due_at)
+                .bind(r.message_id)
+                .bind(owner)
+                .bind(i64::from(paced))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                (None, Outcome::Retry { due_at }) => sqlx::query(
+                    "UPDATE messages SET attempts = $1, due_at = $2, last_reason = $3, last_error = $4, \
+                       paced = 0, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $5 AND state = 'pending' AND lease_owner = $6",
+                )
+                .bind(attempts)
+                .bind(due_at)
+                .bind(reason)
+                .bind(&r.error)
+                .bind(r.message_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                (None, Outcome::Delivered | Outcome::Failed) => unreachable!("final outcomes have a state"),
             };
             if updated == 0 {
                 applied.push(Recorded::LeaseLost);
@@ -506,7 +488,7 @@ impl Store {
             if r.attempted {
                 Self::insert_attempt(&mut tx, r).await?;
             }
-            if matches!(r.outcome, Outcome::Delivered | Outcome::Failed) {
+            if matches!(final_state, Some("delivered" | "failed")) {
                 let (d, f) = if r.outcome == Outcome::Delivered {
                     (1_i64, 0_i64)
                 } else {
@@ -526,7 +508,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            applied.push(Recorded::Applied);
+            applied.push(if superseded {
+                Recorded::Superseded
+            } else {
+                Recorded::Applied
+            });
         }
         tx.commit().await?;
         Ok(applied)

@@ -91,32 +91,21 @@ async fn billed_once_superseded_listed(app: &TestApp) {
     assert_eq!(outcomes, ["delivered", "superseded"], "{items}");
 }
 
-/// The user's report: firing gets 429, the resolution comes 0.5 s later while
-/// the firing waits out the hold. Alertmanager would never send the firing
-/// after the resolution, nor may notimeter.
-async fn resolution_after_a_rate_limit_supersedes_the_waiting_firing(backend: Backend) {
+/// Posts DiskFull firing, then (after `pause`, counted from the firing's
+/// first send) its resolution, to a Slack webhook that answers the first send
+/// with `first_reply`; the channel must end on RESOLVED, the firing superseded.
+async fn firing_then_resolved(backend: Backend, first_reply: Reply, pause: Duration) {
     let app = spawn_app(&backend).await;
     let slack = Sink::start().await;
-    slack.script(
-        "/hook",
-        [Reply::new(429, "rate_limited").header("retry-after", "1")],
-    );
+    slack.script("/hook", [first_reply]);
     slack_channel(&app, &slack).await;
 
-    assert_eq!(
-        app.post_alerts(&disk_full("g-disk", "firing"))
-            .await
-            .status(),
-        200
-    );
+    let r = app.post_alerts(&disk_full("g-disk", "firing")).await;
+    assert_eq!(r.status(), 200);
     slack.wait_for("/hook", 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        app.post_alerts(&disk_full("g-disk", "resolved"))
-            .await
-            .status(),
-        200
-    );
+    tokio::time::sleep(pause).await;
+    let r = app.post_alerts(&disk_full("g-disk", "resolved")).await;
+    assert_eq!(r.status(), 200);
     slack.wait_for("/hook", 2).await;
     app.wait_idle().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -128,41 +117,21 @@ async fn resolution_after_a_rate_limit_supersedes_the_waiting_firing(backend: Ba
     app.stop().await;
 }
 
+/// The user's report: firing gets 429, the resolution comes 0.5 s later while
+/// the firing waits out the hold. Alertmanager would never send the firing
+/// after the resolution, nor may notimeter.
+async fn resolution_after_a_rate_limit_supersedes_the_waiting_firing(backend: Backend) {
+    let rate_limited = Reply::new(429, "rate_limited").header("retry-after", "1");
+    firing_then_resolved(backend, rate_limited, Duration::from_millis(500)).await;
+}
+
 /// The resolution arrives while the firing is being sent; the send then fails
 /// (429): instead of retrying, the firing is superseded and the resolution goes.
 async fn resolution_during_the_firing_send_supersedes_its_retry(backend: Backend) {
-    let app = spawn_app(&backend).await;
-    let slack = Sink::start().await;
-    slack.script(
-        "/hook",
-        [Reply::new(429, "rate_limited")
-            .header("retry-after", "1")
-            .after(Duration::from_millis(800))],
-    );
-    slack_channel(&app, &slack).await;
-
-    assert_eq!(
-        app.post_alerts(&disk_full("g-disk", "firing"))
-            .await
-            .status(),
-        200
-    );
-    slack.wait_for("/hook", 1).await;
-    assert_eq!(
-        app.post_alerts(&disk_full("g-disk", "resolved"))
-            .await
-            .status(),
-        200
-    );
-    slack.wait_for("/hook", 2).await;
-    app.wait_idle().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    assert_eq!(titles(&slack.received_on("/hook")), ["FIRING", "RESOLVED"]);
-    assert_eq!(count(&app, "slack", "superseded").await, 1.0);
-    assert_eq!(count(&app, "slack", "delivered").await, 1.0);
-    billed_once_superseded_listed(&app).await;
-    app.stop().await;
+    let slow_rate_limited = Reply::new(429, "rate_limited")
+        .header("retry-after", "1")
+        .after(Duration::from_millis(800));
+    firing_then_resolved(backend, slow_rate_limited, Duration::ZERO).await;
 }
 
 /// Group A's message fails and waits for its retry; group B, on the same
