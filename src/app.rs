@@ -304,24 +304,28 @@ impl Application {
         // Whatever the store does (stalled, locked, gone), shutdown ends
         // within `shutdown_timeout`: what has not finished by then is left
         // to its lease, which expires and hands the message to another worker.
-        let background = [pruner, closes, renders, retention];
+        let mut tasks = [pruner, closes, renders, retention, dispatch_task];
         let wound_down = tokio::time::timeout_at(deadline, async {
-            for task in background {
-                let _ = task.await;
-            }
-            if let Err(e) = dispatch_task.await {
-                error!(error = %e, "dispatcher task failed");
+            for task in &mut tasks {
+                if let Err(e) = task.await {
+                    error!(error = %e, "a background task failed");
+                }
             }
             state.store.close().await;
         })
         .await;
         match wound_down {
             Ok(()) => info!("notimeter stopped"),
-            Err(_) => warn!(
-                timeout = ?settings.shutdown_timeout,
-                "shutdown did not finish in time (is the store stalled?); stopping anyway: \
-                 unrecorded sends are retried after their lease expires"
-            ),
+            Err(_) => {
+                for task in &tasks {
+                    task.abort();
+                }
+                warn!(
+                    timeout = ?settings.shutdown_timeout,
+                    "shutdown did not finish in time (is the store stalled?); stopping anyway: \
+                     unrecorded sends are retried after their lease expires"
+                )
+            }
         }
         served.context("HTTP server failed")
     }

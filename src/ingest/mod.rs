@@ -9,6 +9,7 @@
 
 pub mod route;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +19,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, instrument};
 
 use crate::app::AppState;
@@ -29,7 +30,7 @@ use crate::clock::{duration_ms, now_ms};
 use crate::config::Settings;
 use crate::domain::alert::{dedupe_key, Envelope};
 use crate::error::ApiError;
-use crate::store::{self, Enqueued, IngestBatch};
+use crate::store::{self, Enqueued, IngestBatch, StoreError};
 
 /// The bound on webhook requests handled at once (`max_concurrent_ingests`).
 #[derive(Clone)]
@@ -51,25 +52,36 @@ impl IngestLimit {
 /// `ingest_queue_timeout` for its turn, and is answered 503 with `Retry-After`
 /// if none comes (Alertmanager retries, so nothing is lost). Its body is read
 /// only once it has its turn, so waiting requests hold no payload. The turn
-/// is given back when the response is ready or the request is dropped.
-pub async fn limit(State(limit): State<IngestLimit>, request: Request, next: Next) -> Response {
+/// is given back when the request is done with it: when the response is
+/// ready or the request is dropped, or later, when the store write it started
+/// ends (that write holds the batch in memory).
+pub async fn limit(State(limit): State<IngestLimit>, mut request: Request, next: Next) -> Response {
     let turn =
         tokio::time::timeout(limit.queue_timeout, limit.permits.clone().acquire_owned()).await;
-    let Ok(Ok(_permit)) = turn else {
+    let Ok(Ok(permit)) = turn else {
         // Counted in notimeter_webhook_requests_total by the layer around it.
         return ApiError::Busy("too many webhook requests in progress").into_response();
     };
+    request
+        .extensions_mut()
+        .insert(IngestTurn(Arc::new(permit)));
     next.run(request).await
 }
+
+/// A request's turn under `max_concurrent_ingests`; held until its last clone drops.
+#[derive(Clone)]
+pub struct IngestTurn(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
 #[instrument(skip_all, fields(receiver))]
 pub async fn alertmanager(
     State(state): State<AppState>,
     headers: HeaderMap,
+    turn: Option<Extension<IngestTurn>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // Answers are counted by the route's layer (app::router), refusals included.
-    match handle(&state, &headers, body).await {
+    let turn = turn.map(|Extension(turn)| turn);
+    match handle(&state, &headers, turn, body).await {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -93,6 +105,7 @@ fn parse_envelope(body: &[u8]) -> Result<Envelope, ApiError> {
 async fn handle(
     state: &AppState,
     headers: &HeaderMap,
+    turn: Option<IngestTurn>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, ApiError> {
     authorize(&state.settings, headers, Role::Ingest)?;
@@ -124,51 +137,75 @@ async fn handle(
         messages: plan.messages,
         undeliverable: plan.undeliverable,
     };
-    let (messages, undeliverable_reasons): (usize, Vec<&'static str>) = (
-        batch.messages.len(),
-        batch.undeliverable.iter().map(|u| u.reason).collect(),
-    );
+    let (messages, undeliverable) = (batch.messages.len(), batch.undeliverable.len());
+    let stored = store_and_count(state.clone(), batch, plan.received, received, turn);
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    match store::within(left, state.store.enqueue(batch)).await? {
-        Enqueued::Duplicate => {
-            state.metrics.duplicates.inc();
-            info!(alerts = received, "duplicate notification ignored");
-            Ok(json!({"status": "duplicate"}))
+    let stored = store::within(left, async {
+        stored
+            .await
+            .map_err(|e| StoreError::Interrupted(e.to_string()))?
+    })
+    .await?;
+    Ok(match stored {
+        Enqueued::Duplicate => json!({"status": "duplicate"}),
+        Enqueued::Accepted { .. } => json!({
+            "status": "accepted",
+            "alerts": received,
+            "messages": messages,
+            "undeliverable": undeliverable,
+        }),
+    })
+}
+
+/// Stores the batch and counts what was stored, on a task of its own: a
+/// request given up on (it timed out, its client hung up) still counts what
+/// its write stored, and keeps its ingest turn until the write ends.
+fn store_and_count(
+    state: AppState,
+    batch: IngestBatch,
+    received_by_user: BTreeMap<String, u64>,
+    received: usize,
+    turn: Option<IngestTurn>,
+) -> tokio::task::JoinHandle<Result<Enqueued, StoreError>> {
+    let undeliverable: Vec<&'static str> = batch.undeliverable.iter().map(|u| u.reason).collect();
+    let messages = batch.messages.len();
+    tokio::spawn(async move {
+        let stored = state.store.enqueue(batch).await?;
+        drop(turn);
+        let metrics = &state.metrics;
+        match &stored {
+            Enqueued::Duplicate => {
+                metrics.duplicates.inc();
+                info!(alerts = received, "duplicate notification ignored");
+            }
+            Enqueued::Accepted { superseded } => {
+                for s in superseded {
+                    metrics.superseded(&s.user_id, &s.integration);
+                }
+                if !superseded.is_empty() {
+                    info!(
+                        messages = superseded.len(),
+                        "older messages of the group superseded before they were sent"
+                    );
+                }
+                for (user, n) in &received_by_user {
+                    let label = metrics.user_label(user);
+                    metrics
+                        .alerts_received
+                        .with_label_values(&[label])
+                        .inc_by(*n);
+                }
+                for reason in &undeliverable {
+                    metrics
+                        .alerts_undeliverable
+                        .with_label_values(&[reason])
+                        .inc();
+                }
+                if messages > 0 {
+                    state.wake.notify_one();
+                }
+            }
         }
-        Enqueued::Accepted { superseded } => {
-            for s in &superseded {
-                state.metrics.superseded(&s.user_id, &s.integration);
-            }
-            if !superseded.is_empty() {
-                info!(
-                    messages = superseded.len(),
-                    "older messages of the group superseded before they were sent"
-                );
-            }
-            for (user, n) in &plan.received {
-                let label = state.metrics.user_label(user);
-                state
-                    .metrics
-                    .alerts_received
-                    .with_label_values(&[label])
-                    .inc_by(*n);
-            }
-            for reason in &undeliverable_reasons {
-                state
-                    .metrics
-                    .alerts_undeliverable
-                    .with_label_values(&[reason])
-                    .inc();
-            }
-            if messages > 0 {
-                state.wake.notify_one();
-            }
-            Ok(json!({
-                "status": "accepted",
-                "alerts": received,
-                "messages": messages,
-                "undeliverable": undeliverable_reasons.len(),
-            }))
-        }
-    }
+        Ok(stored)
+    })
 }

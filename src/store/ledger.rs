@@ -192,6 +192,11 @@ impl Store {
             .await?;
         }
         Self::freeze(&mut tx, &id, f).await?;
+        // Outcomes recorded after this commits take their final_at at or
+        // after `end`, so they belong to the user's next statement.
+        while now_ms() < end {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         tx.commit().await?;
         self.get_period(&id)
             .await?
@@ -314,13 +319,20 @@ impl Store {
     pub async fn daily_counts(&self, since: Millis) -> Result<Vec<(Millis, String, i64)>> {
         sqlx::query(
             "SELECT final_at / 86400000 AS day, integration, COUNT(*) AS n FROM messages \
-             WHERE final_at >= $1 GROUP BY final_at / 86400000, integration ORDER BY day, integration",
+             WHERE final_at >= $1 AND state IN ('delivered', 'failed') \
+             GROUP BY final_at / 86400000, integration ORDER BY day, integration",
         )
         .bind(since)
         .fetch_all(self.backend.reader())
         .await?
         .iter()
-        .map(|r| Ok((r.try_get::<i64, _>("day")? * 86_400_000, r.try_get("integration")?, r.try_get("n")?)))
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>("day")? * 86_400_000,
+                r.try_get("integration")?,
+                r.try_get("n")?,
+            ))
+        })
         .collect()
     }
 }

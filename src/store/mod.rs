@@ -34,6 +34,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store operation was interrupted: {0}")]
     Interrupted(String),
+    #[error("the database takes no writes (a standby, or read-only)")]
+    ReadOnly,
     #[error("the store did not answer within {0:?}")]
     Timeout(std::time::Duration),
 }
@@ -61,6 +63,15 @@ pub trait Backend: Send + Sync + 'static {
     /// that record outcomes, exclusive for close and settle, so that no outcome
     /// straddles a close. (SQLite's single writer serialises them anyway.)
     fn lock_open_period_sql(&self, exclusive: bool) -> &'static str;
+    /// Takes a transaction-scoped lock on one (channel, group), `$1` being its
+    /// key, so that enqueues and recorded attempts of a group are serialised:
+    /// ids follow commit order and no supersession is missed. None where
+    /// write transactions are serialised anyway (SQLite).
+    fn lock_group_sql(&self) -> Option<&'static str>;
+    /// A query answering one boolean column `read_only`: whether a write
+    /// would be refused (a standby, a read-only database). None where taking
+    /// the write lock proves it (SQLite's `BEGIN IMMEDIATE`).
+    fn read_only_sql(&self) -> Option<&'static str>;
 }
 
 /// Waits at most `limit` for a store operation: a request answers 503 (and

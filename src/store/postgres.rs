@@ -52,6 +52,15 @@ impl Backend for Postgres {
             "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL FOR SHARE"
         }
     }
+    fn lock_group_sql(&self) -> Option<&'static str> {
+        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+    }
+    fn read_only_sql(&self) -> Option<&'static str> {
+        Some(
+            "SELECT (pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on') \
+             AS read_only",
+        )
+    }
     fn claim_sql(&self) -> &'static str {
         "UPDATE messages SET lease_owner = $1, lease_until = $2 \
          WHERE id IN (SELECT m.id FROM messages m \

@@ -51,6 +51,12 @@ pub(super) const PERIOD_COLUMNS: &str =
 const CHANNEL_COLUMNS: &str =
     "user_id, channel_id, integration, enabled, spec, created_at, updated_at";
 
+/// The key of a (channel, group) lock: user, channel and group joined by a
+/// separator that none of them contains.
+fn group_lock_key(user_id: &str, channel_id: &str, group_key: &str) -> String {
+    format!("{user_id}\u{1f}{channel_id}\u{1f}{group_key}")
+}
+
 /// Period ids are the open time in compact UTC, e.g. `20261101T000000Z`, with
 /// milliseconds when it has any (`20261124T101500.250Z`).
 pub fn period_id_for(start: Millis) -> String {
@@ -104,8 +110,17 @@ impl Store {
     pub async fn check_writable(&self) -> Result<()> {
         self.detached(|store| async move {
             let mut tx = store.write_tx().await?;
-            sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            let read_only = match store.backend.read_only_sql() {
+                Some(sql) => sqlx::query(sql)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get::<bool, _>("read_only")?,
+                None => false,
+            };
             tx.rollback().await?;
+            if read_only {
+                return Err(StoreError::ReadOnly);
+            }
             Ok(())
         })
         .await
@@ -215,6 +230,12 @@ impl Store {
 
     async fn enqueue_now(&self, batch: &IngestBatch) -> Result<Enqueued> {
         let mut tx = self.write_tx().await?;
+        let groups = batch
+            .messages
+            .iter()
+            .filter(|m| !m.group_key.is_empty())
+            .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key));
+        self.lock_groups(&mut tx, groups).await?;
         let fresh = sqlx::query(
             "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
@@ -235,7 +256,7 @@ impl Store {
         let mut period: Option<(String, Millis)> = None;
         for m in &batch.messages {
             if !m.group_key.is_empty() {
-                self.supersede_waiting(&mut tx, m, batch.now, &mut period, &mut superseded)
+                self.supersede_waiting(&mut tx, m, &mut period, &mut superseded)
                     .await?;
             }
             sqlx::query(
@@ -280,18 +301,16 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         m: &NewMessage,
-        now: Millis,
         period: &mut Option<(String, Millis)>,
         superseded: &mut Vec<Superseded>,
     ) -> Result<()> {
         let waiting = sqlx::query(
             "SELECT id FROM messages WHERE user_id = $1 AND channel_id = $2 AND group_key = $3 \
-             AND state = 'pending' AND (lease_until IS NULL OR lease_until <= $4)",
+             AND state = 'pending' AND lease_owner IS NULL",
         )
         .bind(&m.user_id)
         .bind(&m.channel_id)
         .bind(&m.group_key)
-        .bind(now)
         .fetch_all(&mut **tx)
         .await?;
         if waiting.is_empty() {
@@ -303,12 +322,11 @@ impl Store {
             let done = sqlx::query(
                 "UPDATE messages SET state = 'superseded', final_at = $1, period_id = $2, paced = 0, \
                    lease_owner = NULL, lease_until = NULL \
-                 WHERE id = $3 AND state = 'pending' AND (lease_until IS NULL OR lease_until <= $4)",
+                 WHERE id = $3 AND state = 'pending' AND lease_owner IS NULL",
             )
             .bind(final_at)
             .bind(&period_id)
             .bind(id)
-            .bind(now)
             .execute(&mut **tx)
             .await?;
             if done.rows_affected() > 0 {
@@ -389,13 +407,13 @@ impl Store {
     /// The open period's id, share-locked for the rest of the transaction. A
     /// close that commits while this waits leaves no open row in this
     /// statement's snapshot; the next statement sees the new period.
-    async fn open_period_id(&self, tx: &mut Transaction<'static, Any>) -> Result<String> {
+    async fn open_period_id(&self, tx: &mut Transaction<'static, Any>) -> Result<(String, Millis)> {
         for _ in 0..3 {
             let row = sqlx::query(self.backend.lock_open_period_sql(false))
                 .fetch_optional(&mut **tx)
                 .await?;
             if let Some(row) = row {
-                return Ok(row.try_get("id")?);
+                return Ok((row.try_get("id")?, row.try_get("start_at")?));
             }
         }
         Err(StoreError::Corrupt("no open billing period".into()))
@@ -413,6 +431,33 @@ impl Store {
 
     async fn record_now(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
         let mut tx = self.write_tx().await?;
+        if self.backend.lock_group_sql().is_some() {
+            let waiting: Vec<i64> = records
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Defer { .. } | Outcome::Retry { .. }))
+                .map(|r| r.message_id)
+                .collect();
+            let mut groups = Vec::new();
+            for id in waiting {
+                let row = sqlx::query(
+                    "SELECT user_id, channel_id, group_key FROM messages WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = row {
+                    let group: String = row.try_get("group_key")?;
+                    if !group.is_empty() {
+                        groups.push(group_lock_key(
+                            &row.try_get::<String, _>("user_id")?,
+                            &row.try_get::<String, _>("channel_id")?,
+                            &group,
+                        ));
+                    }
+                }
+            }
+            self.lock_groups(&mut tx, groups.into_iter()).await?;
+        }
         // The open period, and the time outcomes become final: read under the
         // period lock, so that every final_at lies inside the period billing it.
         let mut period: Option<(String, Millis)> = None;
@@ -526,10 +571,29 @@ impl Store {
         period: &mut Option<(String, Millis)>,
     ) -> Result<(String, Millis)> {
         if period.is_none() {
-            let id = self.open_period_id(tx).await?;
-            *period = Some((id, now_ms()));
+            let (id, start_at) = self.open_period_id(tx).await?;
+            // Never before the period's start, even on a replica whose clock
+            // is behind the one that opened it.
+            *period = Some((id, now_ms().max(start_at)));
         }
         Ok(period.clone().expect("set above"))
+    }
+
+    /// Locks these (channel, group) keys for the rest of the transaction, in
+    /// sorted order so that two transactions never wait on each other.
+    async fn lock_groups(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<()> {
+        let Some(sql) = self.backend.lock_group_sql() else {
+            return Ok(());
+        };
+        let keys: std::collections::BTreeSet<String> = keys.collect();
+        for key in keys {
+            sqlx::query(sql).bind(key).execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// Whether a newer message of this message's (channel, group) is pending.

@@ -74,6 +74,12 @@ impl Backend for Sqlite {
     fn lock_open_period_sql(&self, _exclusive: bool) -> &'static str {
         "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL"
     }
+    fn lock_group_sql(&self) -> Option<&'static str> {
+        None
+    }
+    fn read_only_sql(&self) -> Option<&'static str> {
+        None
+    }
     fn claim_sql(&self) -> &'static str {
         "UPDATE messages SET lease_owner = $1, lease_until = $2 \
          WHERE id IN (SELECT m.id FROM messages m \
