@@ -198,6 +198,14 @@ async fn store_outage(backend: Backend) {
     })
     .await;
     sink.wait_for("/hook", 2).await;
+    // Whichever of the refused request's write and its retry was stored is
+    // counted, once: a write given up on by its request still counts.
+    eventually("both notifications' alerts counted", || async {
+        app.metric("notimeter_alerts_received_total", &[("user_id", "u1")])
+            .await
+            == 2.0
+    })
+    .await;
     eventually("the store to be up again", || async {
         app.metric("notimeter_store_up", &[]).await == 1.0
     })
