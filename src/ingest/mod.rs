@@ -138,14 +138,22 @@ async fn handle(
         undeliverable: plan.undeliverable,
     };
     let (messages, undeliverable) = (batch.messages.len(), batch.undeliverable.len());
-    let stored = store_and_count(state.clone(), batch, plan.received, received, turn);
+    let (begun, store_began) = tokio::sync::oneshot::channel();
+    let mut stored = store_and_count(state.clone(), batch, plan.received, received, turn, begun);
+    let stored_now = |joined: Result<Result<Enqueued, StoreError>, tokio::task::JoinError>| {
+        joined.map_err(|e| StoreError::Interrupted(e.to_string()))?
+    };
+    // 503 unless the store begins the write within what is left of
+    // `store_timeout` (a stalled or locked store); once it has, the write is
+    // under way and is waited for, however large it is.
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let stored = store::within(left, async {
-        stored
-            .await
-            .map_err(|e| StoreError::Interrupted(e.to_string()))?
-    })
-    .await?;
+    let stored = tokio::select! {
+        joined = &mut stored => stored_now(joined)?,
+        began = tokio::time::timeout(left, store_began) => match began {
+            Ok(_) => stored_now((&mut stored).await)?,
+            Err(_) => return Err(StoreError::Timeout(state.settings.store_timeout).into()),
+        },
+    };
     Ok(match stored {
         Enqueued::Duplicate => json!({"status": "duplicate"}),
         Enqueued::Accepted { .. } => json!({
@@ -166,11 +174,12 @@ fn store_and_count(
     received_by_user: BTreeMap<String, u64>,
     received: usize,
     turn: Option<IngestTurn>,
+    begun: tokio::sync::oneshot::Sender<()>,
 ) -> tokio::task::JoinHandle<Result<Enqueued, StoreError>> {
     let undeliverable: Vec<&'static str> = batch.undeliverable.iter().map(|u| u.reason).collect();
     let messages = batch.messages.len();
     tokio::spawn(async move {
-        let stored = state.store.enqueue(batch).await?;
+        let stored = state.store.enqueue_telling(batch, Some(begun)).await?;
         drop(turn);
         let metrics = &state.metrics;
         match &stored {

@@ -224,12 +224,30 @@ impl Store {
     /// Records the dedupe key and every message and undeliverable alert in one
     /// transaction. A key seen within its window makes the whole batch a duplicate.
     pub async fn enqueue(&self, batch: IngestBatch) -> Result<Enqueued> {
-        self.detached(move |store| async move { store.enqueue_now(&batch).await })
+        self.enqueue_telling(batch, None).await
+    }
+
+    /// Like [`Store::enqueue`], sending on `begun` once the write transaction
+    /// has begun (SQLite: once it holds the write lock), so that a caller can
+    /// tell a store that cannot take the write from one that is taking it.
+    pub async fn enqueue_telling(
+        &self,
+        batch: IngestBatch,
+        begun: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Enqueued> {
+        self.detached(move |store| async move { store.enqueue_now(&batch, begun).await })
             .await
     }
 
-    async fn enqueue_now(&self, batch: &IngestBatch) -> Result<Enqueued> {
+    async fn enqueue_now(
+        &self,
+        batch: &IngestBatch,
+        begun: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Enqueued> {
         let mut tx = self.write_tx().await?;
+        if let Some(begun) = begun {
+            let _ = begun.send(());
+        }
         let groups = batch
             .messages
             .iter()
