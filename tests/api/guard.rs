@@ -136,13 +136,8 @@ async fn forbidden_ranges_are_refused_at_send_time(backend: Backend) {
     app.post_alerts(&payload("default", "g", alerts)).await;
     app.wait_idle().await;
     for (user, _) in &users {
-        let failed = [
-            ("user_id", *user),
-            ("integration", "webhook"),
-            ("outcome", "failed"),
-        ];
         assert_eq!(
-            app.metric("notimeter_notifications_total", &failed).await,
+            app.notifications(user, "webhook", "failed").await,
             1.0,
             "{user}"
         );
@@ -221,24 +216,13 @@ async fn outbound_proxy_gets_only_checked_targets(backend: Backend) {
         ["/redirect", "/through"].map(String::from).to_vec(),
         "the proxy saw only checked targets"
     );
-    let delivered = [
-        ("user_id", "through"),
-        ("integration", "webhook"),
-        ("outcome", "delivered"),
-    ];
     assert_eq!(
-        app.metric("notimeter_notifications_total", &delivered)
-            .await,
+        app.notifications("through", "webhook", "delivered").await,
         1.0
     );
     for user in ["redirected", "unresolved", "nat64"] {
-        let failed = [
-            ("user_id", user),
-            ("integration", "webhook"),
-            ("outcome", "failed"),
-        ];
         assert_eq!(
-            app.metric("notimeter_notifications_total", &failed).await,
+            app.notifications(user, "webhook", "failed").await,
             1.0,
             "{user}"
         );
@@ -514,15 +498,7 @@ async fn guard_applies_at_send_time(backend: Backend) {
         sink.received().is_empty(),
         "nothing may reach a loopback address now"
     );
-    let failed = [
-        ("user_id", "u1"),
-        ("integration", "webhook"),
-        ("outcome", "failed"),
-    ];
-    assert_eq!(
-        app.metric("notimeter_notifications_total", &failed).await,
-        1.0
-    );
+    assert_eq!(app.notifications("u1", "webhook", "failed").await, 1.0);
     let error: String = query_one(&app.database_url, "SELECT last_error FROM messages").await;
     assert!(error.contains("outbound guard"), "{error}");
     app.stop().await;
@@ -554,23 +530,9 @@ async fn redirects_to_forbidden_addresses_are_refused(backend: Backend) {
         1,
         "refused at once, not retried"
     );
-    let failed = [
-        ("user_id", "u1"),
-        ("integration", "webhook"),
-        ("outcome", "failed"),
-    ];
+    assert_eq!(app.notifications("u1", "webhook", "failed").await, 1.0);
     assert_eq!(
-        app.metric("notimeter_notifications_total", &failed).await,
-        1.0
-    );
-    let delivered = [
-        ("user_id", "u2"),
-        ("integration", "webhook"),
-        ("outcome", "delivered"),
-    ];
-    assert_eq!(
-        app.metric("notimeter_notifications_total", &delivered)
-            .await,
+        app.notifications("u2", "webhook", "delivered").await,
         1.0,
         "an allowed redirect is followed"
     );

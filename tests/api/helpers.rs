@@ -279,6 +279,19 @@ impl TestApp {
         metric_value(&self.metrics().await, name, labels)
     }
 
+    /// `notimeter_notifications_total` for one user, integration and outcome.
+    pub async fn notifications(&self, user: &str, integration: &str, outcome: &str) -> f64 {
+        self.metric(
+            "notimeter_notifications_total",
+            &[
+                ("user_id", user),
+                ("integration", integration),
+                ("outcome", outcome),
+            ],
+        )
+        .await
+    }
+
     /// Waits until no message is pending.
     pub async fn wait_idle(&self) {
         eventually("the outbox to drain", || async {

@@ -57,18 +57,6 @@ fn titles(received: &[Received]) -> Vec<String> {
         .collect()
 }
 
-async fn count(app: &TestApp, integration: &str, outcome: &str) -> f64 {
-    app.metric(
-        "notimeter_notifications_total",
-        &[
-            ("user_id", "u1"),
-            ("integration", integration),
-            ("outcome", outcome),
-        ],
-    )
-    .await
-}
-
 /// Checks the ledger: one delivered message billed, the superseded one listed
 /// in items.csv but not billed.
 async fn billed_once_superseded_listed(app: &TestApp) {
@@ -111,8 +99,8 @@ async fn firing_then_resolved(backend: Backend, first_reply: Reply, pause: Durat
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     assert_eq!(titles(&slack.received_on("/hook")), ["FIRING", "RESOLVED"]);
-    assert_eq!(count(&app, "slack", "superseded").await, 1.0);
-    assert_eq!(count(&app, "slack", "delivered").await, 1.0);
+    assert_eq!(app.notifications("u1", "slack", "superseded").await, 1.0);
+    assert_eq!(app.notifications("u1", "slack", "delivered").await, 1.0);
     billed_once_superseded_listed(&app).await;
     app.stop().await;
 }
