@@ -87,6 +87,26 @@ pub async fn within<T>(
         .unwrap_or(Err(StoreError::Timeout(limit)))
 }
 
+/// The claim statement both backends run, with the row-locking clause a
+/// backend adds to its inner select (PostgreSQL: `FOR UPDATE OF m SKIP LOCKED`).
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE messages SET lease_owner = $1, lease_until = $2 \
+             WHERE id IN (SELECT m.id FROM messages m \
+                          WHERE m.state = 'pending' AND m.due_at <= $3 \
+                            AND (m.lease_until IS NULL OR m.lease_until <= $3) \
+                            AND NOT EXISTS (SELECT 1 FROM messages o WHERE o.user_id = m.user_id \
+                              AND o.channel_id = m.channel_id AND o.group_key = m.group_key \
+                              AND o.state = 'pending' AND o.id < m.id AND m.group_key <> '') \
+                          ORDER BY m.due_at LIMIT $4 ",
+            $lock,
+            ") RETURNING id, user_id, channel_id, integration, payload, created_at, attempts, paced"
+        )
+    };
+}
+use claim_sql;
+
 /// Opens (creating it if needed) the database named by `url`.
 pub async fn connect(url: &str) -> Result<Arc<Store>> {
     sqlx::any::install_default_drivers();

@@ -62,13 +62,7 @@ async fn real_alertmanager_routes_through_notimeter(backend: Backend) {
         .expect("start alertmanager");
     let _am = KillOnDrop(child);
     let http = reqwest::Client::new();
-    eventually("alertmanager to be ready", || async {
-        http.get(format!("{am_url}/-/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_for_ok("alertmanager to be ready", &format!("{am_url}/-/ready")).await;
 
     let alert = |name: &str, user: Option<&str>| {
         let mut labels = json!({"alertname": name, "severity": "critical"});

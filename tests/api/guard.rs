@@ -250,14 +250,7 @@ async fn serve(config: &Path, log: &Path, env: &[(&str, &str)], listen: SocketAd
         command.env(k, v);
     }
     let child = KillOnDrop(command.spawn().unwrap());
-    let http = reqwest::Client::new();
-    eventually("notimeter to be ready", || async {
-        http.get(format!("http://{listen}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_for_ok("notimeter to be ready", &format!("http://{listen}/readyz")).await;
     child
 }
 
@@ -611,13 +604,7 @@ async fn secrets_never_leave() {
         .unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://{listen}");
-    eventually("ready", || async {
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_for_ok("ready", &format!("{base}/readyz")).await;
 
     let mut responses = String::new();
     let channels = [

@@ -336,6 +336,15 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Polls `url` until it answers 200 (a service started by the test is ready).
+pub async fn wait_for_ok(what: &str, url: &str) {
+    let http = reqwest::Client::new();
+    eventually(what, || async {
+        http.get(url).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
 /// Polls `check` until it holds, failing the test after 20 s.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -60,14 +60,8 @@ fn spawn_binary(config: &Path) -> Child {
         .expect("start notimeter")
 }
 
-async fn wait_ready(http: &reqwest::Client, addr: SocketAddr) {
-    eventually("notimeter to be ready", || async {
-        http.get(format!("http://{addr}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+async fn wait_ready(addr: SocketAddr) {
+    wait_for_ok("notimeter to be ready", &format!("http://{addr}/readyz")).await;
 }
 
 async fn killed_after_accept_delivers_once_on_restart(backend: Backend) {
@@ -81,7 +75,7 @@ async fn killed_after_accept_delivers_once_on_restart(backend: Backend) {
     let base = format!("http://{listen}");
 
     let mut first = spawn_binary(&config);
-    wait_ready(&http, listen).await;
+    wait_ready(listen).await;
     let r = http
         .put(format!("{base}/v1/users/u1/channels/hook"))
         .bearer_auth(ADMIN_TOKEN)
@@ -107,7 +101,7 @@ async fn killed_after_accept_delivers_once_on_restart(backend: Backend) {
 
     let sink = Sink::start_on(sink_addr).await;
     let mut second = spawn_binary(&config);
-    wait_ready(&http, listen).await;
+    wait_ready(listen).await;
     sink.wait_for("/u1", 1).await;
     let metrics = || async {
         http.get(format!("{base}/metrics"))
@@ -175,7 +169,7 @@ async fn sigterm_exits_cleanly(backend: Backend) {
     let config = write_config(dir.path(), listen, &url);
     let http = reqwest::Client::new();
     let mut child = spawn_binary(&config);
-    wait_ready(&http, listen).await;
+    wait_ready(listen).await;
     let status = terminate(&mut child);
     assert!(status.success(), "exit status {status:?}");
     assert!(

@@ -284,13 +284,7 @@ async fn serve_reloads_a_real_alertmanager_and_keeps_the_last_good_config() {
     .unwrap();
     let (_am, am_url) = start_alertmanager(&am_file, dir.path().join("data"));
     let http = reqwest::Client::new();
-    eventually("alertmanager ready", || async {
-        http.get(format!("{am_url}/-/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_for_ok("alertmanager ready", &format!("{am_url}/-/ready")).await;
 
     let sink = Sink::start().await;
     let listen = std::net::TcpListener::bind("127.0.0.1:0")
@@ -391,13 +385,7 @@ async fn a_failed_reload_restores_the_last_good_file() {
     .unwrap();
     let (_am, am_url) = start_alertmanager(&am_file, dir.path().join("data"));
     let http = reqwest::Client::new();
-    eventually("alertmanager ready", || async {
-        http.get(format!("{am_url}/-/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_for_ok("alertmanager ready", &format!("{am_url}/-/ready")).await;
     let app = spawn_app(&Backend::Sqlite).await;
     app.add_webhook("u1", "hook", "http://127.0.0.1:9/x").await;
     // Without amtool, only Alertmanager itself can reject the bad regex.
