@@ -5,140 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post, put};
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
 use tracing::{error, info, warn};
 
+use crate::api::router;
 use crate::api::throttle::LoginThrottle;
-use crate::api::{access, channels, health, ledger as ledger_api, page, usage};
-use crate::auth::Role;
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Registry, SendContext};
 use crate::ledger::{scheduler, Ledger};
 use crate::metering::Metrics;
-use crate::server::{self, BodyTimedOut};
+use crate::server;
+use crate::state::AppState;
 use crate::store::{self, Store};
 
-#[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: Arc<Store>,
-    pub metrics: Arc<Metrics>,
-    pub registry: Registry,
-    /// Poked when new messages are queued, so idle workers start at once.
-    pub wake: Arc<Notify>,
-    pub ledger: Arc<Ledger>,
-    /// Poked when a channel changes, so the Alertmanager config is rendered again.
-    pub render_trigger: Arc<Notify>,
-    /// Wrong tokens on `/login`, per client address.
-    pub login_throttle: Arc<LoginThrottle>,
-}
-
-/// The routes, grouped by role; each group's token is checked by a layer,
-/// from the headers, before a handler reads the body.
-pub fn router(state: AppState) -> Router {
-    let settings = state.settings.clone();
-    // The ingest limit takes a turn before the body is read; it sits inside
-    // (is added before) the layer that authenticates the request.
-    let limit = crate::ingest::IngestLimit::new(&state.settings);
-    let ingest = Router::new()
-        .route("/v1/alertmanager", post(crate::ingest::alertmanager))
-        .layer(DefaultBodyLimit::max(settings.max_request_bytes))
-        .route_layer(middleware::from_fn_with_state(limit, crate::ingest::limit));
-    let ingest =
-        access::require(ingest, settings.clone(), state.store.clone(), Role::Ingest).route_layer(
-            middleware::from_fn_with_state(state.clone(), count_webhook_requests),
-        );
-    let admin = Router::new()
-        .route(
-            "/v1/users/{user_id}/channels/{channel_id}",
-            put(channels::put)
-                .get(channels::get)
-                .delete(channels::delete),
-        )
-        .route("/v1/users/{user_id}/channels", get(channels::list))
-        .route("/v1/ledger/close", post(ledger_api::close))
-        .route("/v1/users/{user_id}/settle", post(ledger_api::settle));
-    let finance = Router::new()
-        .route("/v1/usage", get(usage::usage))
-        .route("/v1/ledger/current.csv", get(usage::current_csv))
-        .route("/v1/ledger/periods", get(ledger_api::periods))
-        .route("/v1/ledger/periods/{file}", get(ledger_api::period_csv))
-        .route(
-            "/v1/ledger/periods/{id}/items.csv",
-            get(ledger_api::items_csv),
-        );
-    let metrics = Router::new().route("/metrics", get(health::metrics));
-    // Open: health checks, and the finance page, which sends a visitor
-    // without its cookie to /login instead of answering 401.
-    let open = Router::new()
-        .route("/", get(page::index))
-        .route("/login", get(page::login_form).post(page::login))
-        .route("/logout", get(page::logout))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
-    Router::new()
-        .merge(ingest)
-        .merge(access::require(
-            admin,
-            settings.clone(),
-            state.store.clone(),
-            Role::Admin,
-        ))
-        .merge(access::require_for_reads(
-            finance,
-            settings.clone(),
-            state.store.clone(),
-            Role::Finance,
-        ))
-        .merge(access::require(
-            metrics,
-            settings.clone(),
-            state.store.clone(),
-            Role::Metrics,
-        ))
-        .merge(open)
-        .layer(middleware::from_fn_with_state(
-            settings.body_read_timeout,
-            server::body_deadline,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
-}
-
-/// Counts every answer to the webhook route by status code, refusals by the
-/// token check and body timeouts included.
-async fn count_webhook_requests(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let timed_out = request.extensions().get::<BodyTimedOut>().cloned();
-    let response = next.run(request).await;
-    let status = match timed_out {
-        Some(t) if t.is_set() => StatusCode::REQUEST_TIMEOUT,
-        _ => response.status(),
-    };
-    state
-        .metrics
-        .webhook_requests
-        .with_label_values(&[status.as_str()])
-        .inc();
-    response
-}
-
 /// Opens the store named by the settings and applies migrations.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<Store>> {
-    let store = store::connect(&settings.database_url)
+pub async fn open_store(settings: &Settings, clock: &Clock) -> anyhow::Result<Arc<Store>> {
+    let store = store::connect_with_clock(&settings.database_url, clock.clone())
         .await
         .with_context(|| {
             format!(
@@ -147,7 +32,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<Store>> {
             )
         })?;
     store
-        .migrate(now_ms())
+        .migrate(clock.now_ms())
         .await
         .context("applying migrations")?;
     Ok(store)
@@ -155,38 +40,49 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<Store>> {
 
 /// The ledger on its own, for the CLI's `ledger` verbs.
 pub async fn open_ledger(settings: Settings) -> anyhow::Result<Ledger> {
-    let registry = Registry::standard(&settings);
-    settings
-        .check_integration_names(registry.names())
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let store = open_store(&settings).await?;
-    Ok(Ledger::new(
-        store,
-        Arc::new(settings),
-        registry.names().collect(),
-        None,
-    ))
+    let clock = Clock::system();
+    let store = open_store(&settings, &clock).await?;
+    Ok(Ledger::new(store, Arc::new(settings), None, clock))
 }
 
 /// A database URL without its password, for messages.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("<secret>"));
+            let _ = u.set_password(Some(crate::domain::secret::PLACEHOLDER));
             u.to_string()
         }
         _ => url.to_owned(),
     }
 }
 
+/// Who works off the outbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dispatch {
+    /// The dispatcher's workers, in the background (production).
+    #[default]
+    Background,
+    /// Only calls of [`Dispatcher::drain_outbox`]: for tests that need to
+    /// say when messages are sent.
+    OnDemand,
+}
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    dispatcher: Arc<Dispatcher>,
+    dispatch: Dispatch,
 }
 
 impl Application {
     /// Checks the settings, opens and migrates the store, and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Clock::system()).await
+    }
+
+    /// Like [`Application::build`], reading the time from `clock` (tests pass
+    /// a [`Clock::adjustable`] and move it forward).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Self> {
         if settings.has_open_role()
             && !settings.listen.ip().is_loopback()
             && !settings.allow_insecure
@@ -198,10 +94,7 @@ impl Application {
             );
         }
         let registry = Registry::standard(&settings);
-        settings
-            .check_integration_names(registry.names())
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        let store = open_store(&settings).await?;
+        let store = open_store(&settings, &clock).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -210,12 +103,13 @@ impl Application {
         let ledger = Arc::new(Ledger::new(
             store.clone(),
             settings.clone(),
-            registry.names().collect(),
             Some(metrics.clone()),
+            clock.clone(),
         ));
         let login_throttle = Arc::new(LoginThrottle::new(
             settings.page.login_failures,
             settings.page.login_window,
+            clock.clone(),
         ));
         let state = AppState {
             metrics,
@@ -226,8 +120,39 @@ impl Application {
             ledger,
             render_trigger: Arc::new(Notify::new()),
             login_throttle,
+            clock,
         };
-        Ok(Self { listener, state })
+        let ctx = SendContext::new(state.settings.clone()).context("building the HTTP client")?;
+        let dispatcher = Arc::new(Dispatcher::new(
+            state.store.clone(),
+            state.registry.clone(),
+            Arc::new(ctx),
+            &state.settings,
+            state.metrics.clone(),
+            state.wake.clone(),
+            state.clock.clone(),
+        ));
+        Ok(Self {
+            listener,
+            state,
+            dispatcher,
+            dispatch: Dispatch::Background,
+        })
+    }
+
+    /// Sets who works off the outbox once the application runs: with
+    /// [`Dispatch::OnDemand`], nothing is sent but by
+    /// [`Dispatcher::drain_outbox`].
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+
+    /// The dispatcher, for [`Dispatcher::drain_outbox`]: the same one the
+    /// background workers use (when they run), so drained messages are sent,
+    /// recorded and counted as theirs are.
+    pub fn dispatcher(&self) -> Arc<Dispatcher> {
+        self.dispatcher.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -245,21 +170,18 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state;
         let settings = state.settings.clone();
-        let ctx = SendContext::new(settings.clone()).context("building the HTTP client")?;
-        let dispatcher = Arc::new(Dispatcher::new(
-            state.store.clone(),
-            state.registry.clone(),
-            Arc::new(ctx),
-            settings.dispatch.clone(),
-            settings.limits.clone(),
-            state.metrics.clone(),
-            state.wake.clone(),
-        ));
         // Sends in flight get most of the shutdown budget; recording them and
         // releasing the rest need the remainder.
         let send_grace = settings.shutdown_timeout.mul_f64(0.7);
-        let dispatch_task = tokio::spawn(dispatcher.run(shutdown.clone(), send_grace));
-        let pruner = tokio::spawn(prune_dedupe(state.store.clone(), shutdown.clone()));
+        let dispatch_task = match self.dispatch {
+            Dispatch::Background => tokio::spawn(self.dispatcher.run(shutdown.clone(), send_grace)),
+            Dispatch::OnDemand => tokio::spawn(async {}),
+        };
+        let pruner = tokio::spawn(prune_dedupe(
+            state.store.clone(),
+            state.clock.clone(),
+            shutdown.clone(),
+        ));
         if let Err(e) = state.ledger.ensure_reports().await {
             error!(error = ?e, "writing missing reports failed");
         }
@@ -301,33 +223,48 @@ impl Application {
             },
         };
         let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        // Whatever the store does (stalled, locked, gone), shutdown ends
-        // within `shutdown_timeout`: what has not finished by then is left
-        // to its lease, which expires and hands the message to another worker.
-        let mut tasks = [pruner, closes, renders, retention, dispatch_task];
-        let wound_down = tokio::time::timeout_at(deadline, async {
-            for task in &mut tasks {
-                if let Err(e) = task.await {
-                    error!(error = %e, "a background task failed");
-                }
-            }
-            state.store.close().await;
-        })
+        wind_down(
+            [pruner, closes, renders, retention, dispatch_task],
+            &state.store,
+            deadline,
+            settings.shutdown_timeout,
+        )
         .await;
-        match wound_down {
-            Ok(()) => info!("notimeter stopped"),
-            Err(_) => {
-                for task in &tasks {
-                    task.abort();
-                }
-                warn!(
-                    timeout = ?settings.shutdown_timeout,
-                    "shutdown did not finish in time (is the store stalled?); stopping anyway: \
-                     unrecorded sends are retried after their lease expires"
-                )
+        served.context("HTTP server failed")
+    }
+}
+
+/// Waits for the background tasks and closes the store, until `deadline`.
+/// Whatever the store does (stalled, locked, gone), shutdown ends within
+/// `shutdown_timeout`: what has not finished by then is left to its lease,
+/// which expires and hands the message to another worker.
+async fn wind_down(
+    mut tasks: [tokio::task::JoinHandle<()>; 5],
+    store: &Store,
+    deadline: tokio::time::Instant,
+    shutdown_timeout: Duration,
+) {
+    let wound_down = tokio::time::timeout_at(deadline, async {
+        for task in &mut tasks {
+            if let Err(e) = task.await {
+                error!(error = %e, "a background task failed");
             }
         }
-        served.context("HTTP server failed")
+        store.close().await;
+    })
+    .await;
+    match wound_down {
+        Ok(()) => info!("notimeter stopped"),
+        Err(_) => {
+            for task in &tasks {
+                task.abort();
+            }
+            warn!(
+                timeout = ?shutdown_timeout,
+                "shutdown did not finish in time (is the store stalled?); stopping anyway: \
+                 unrecorded sends are retried after their lease expires"
+            )
+        }
     }
 }
 
@@ -342,12 +279,13 @@ async fn run_renderer(state: AppState, shutdown: CancellationToken) {
     let renderer = crate::render::publish::Renderer {
         store: &state.store,
         settings: &settings,
-        http: crate::render::publish::operator_client(),
+        http: crate::outbound::operator_client(settings.render.reload_timeout),
         metrics: Some(&state.metrics),
     };
     loop {
         match renderer.run(false).await {
-            Ok(outcome) => tracing::debug!(?outcome, "rendered"),
+            // Logged and counted by the renderer's events.
+            Ok(_) => {}
             Err(e) => {
                 error!(error = %e, "rendering Alertmanager's configuration failed; the last good file stays")
             }
@@ -368,13 +306,13 @@ async fn run_renderer(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-async fn prune_dedupe(store: Arc<Store>, shutdown: CancellationToken) {
+async fn prune_dedupe(store: Arc<Store>, clock: Clock, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
-        if let Err(e) = store.prune_dedupe(now_ms()).await {
+        if let Err(e) = store.prune_dedupe(clock.now_ms()).await {
             error!(error = ?anyhow::Error::from(e), "pruning dedupe keys failed");
         }
     }

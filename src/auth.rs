@@ -5,7 +5,7 @@
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::{Secret, Settings};
 use crate::error::ApiError;
 use crate::store::Store;
@@ -93,13 +93,14 @@ pub fn authorize(settings: &Settings, headers: &HeaderMap, role: Role) -> Result
 }
 
 /// Like [`authorize`], for reads: without a bearer token, a finance page
-/// session (its cookie, looked up in the store, unexpired and of this role)
-/// counts too. Never use it for requests that change anything: a session
-/// grants reads only, so a cookie can never close or settle, even when the
-/// admin token was used to sign in.
+/// session (its cookie, looked up in the store, unexpired by `clock` and of
+/// this role) counts too. Never use it for requests that change anything: a
+/// session grants reads only, so a cookie can never close or settle, even
+/// when the admin token was used to sign in.
 pub async fn authorize_read(
     settings: &Settings,
     store: &Store,
+    clock: &Clock,
     headers: &HeaderMap,
     role: Role,
 ) -> Result<(), ApiError> {
@@ -110,7 +111,10 @@ pub async fn authorize_read(
     let Some(id) = session_cookie(headers) else {
         return Err(ApiError::Unauthorized);
     };
-    match store.session_role(&session_hash(id), now_ms()).await? {
+    match store
+        .session_role(&session_hash(id), clock.now_ms())
+        .await?
+    {
         Some(granted) if granted == role_name(role) => Ok(()),
         Some(_) => Err(ApiError::Forbidden),
         None => Err(ApiError::Unauthorized),

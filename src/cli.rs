@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,20 +29,24 @@ pub enum Command {
     Ledger(LedgerCommand),
     /// Render Alertmanager's configuration from the channels, check it, write
     /// it atomically and reload Alertmanager (see [render] in the settings).
-    Render {
-        /// Print the candidate instead of writing it.
-        #[arg(long, conflicts_with = "diff")]
-        dry_run: bool,
-        /// Print what would change against the current file, and write nothing.
-        #[arg(long)]
-        diff: bool,
-        /// Publish even an empty result or one that shrinks by more than render.max_shrink.
-        #[arg(long)]
-        force: bool,
-    },
+    Render(RenderArgs),
     /// Import channels from elsewhere.
     #[command(subcommand)]
     Import(ImportCommand),
+}
+
+// The options of `render` (no doc comment: the verb's own is its help).
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Print the candidate instead of writing it.
+    #[arg(long, conflicts_with = "diff")]
+    pub dry_run: bool,
+    /// Print what would change against the current file, and write nothing.
+    #[arg(long)]
+    pub diff: bool,
+    /// Publish even an empty result or one that shrinks by more than render.max_shrink.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,37 +1,26 @@
 //! Settings: a TOML file (`--config`) overridden by `NOTIMETER_*` variables
 //! (nested keys joined with `__`). Unknown keys are errors that name the key.
+//! Values are parsed into their types here, once, when the settings load:
+//! integrations (`IntegrationKind` keys), prices (`Decimal`), the billing
+//! schedule (`cron::Schedule`) and time zone (`Tz`); what does not parse is
+//! refused then, by every verb, and nothing downstream re-validates it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono_tz::Tz;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use ipnet::IpNet;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// A value that must never be printed: `Debug` and `Display` show `<secret>`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+use crate::domain::IntegrationKind;
 
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<secret>")
-    }
-}
+/// Tokens and passwords in the settings: shown as `<secret>` wherever printed.
+pub use crate::domain::Secret;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -177,13 +166,14 @@ pub struct DispatchSettings {
     pub max_in_flight_per_destination: usize,
     /// Least time between two sends to one destination (a Slack webhook, a
     /// Telegram chat), by integration. Other destinations are not held back.
-    pub pace: BTreeMap<String, humantime_serde::Serde<Duration>>,
+    #[serde(deserialize_with = "by_integration::deserialize")]
+    pub pace: BTreeMap<IntegrationKind, humantime_serde::Serde<Duration>>,
 }
 
 impl DispatchSettings {
-    pub fn pace_for(&self, integration: &str) -> Duration {
+    pub fn pace_for(&self, integration: IntegrationKind) -> Duration {
         self.pace
-            .get(integration)
+            .get(&integration)
             .map(|d| **d)
             .unwrap_or(Duration::ZERO)
     }
@@ -203,9 +193,9 @@ impl Default for DispatchSettings {
             max_retry_after: Duration::from_secs(600),
             poll_interval: Duration::from_millis(500),
             max_in_flight_per_destination: 8,
-            pace: [("slack", 1), ("telegram", 1)]
+            pace: [IntegrationKind::Slack, IntegrationKind::Telegram]
                 .into_iter()
-                .map(|(k, secs)| (k.to_owned(), Duration::from_secs(secs).into()))
+                .map(|k| (k, Duration::from_secs(1).into()))
                 .collect(),
         }
     }
@@ -220,9 +210,11 @@ pub struct LimitSettings {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Limits for every user, by integration (absent: unlimited).
-    pub default: BTreeMap<String, u32>,
+    #[serde(deserialize_with = "by_integration::deserialize")]
+    pub default: BTreeMap<IntegrationKind, u32>,
     /// Per-user overrides, by user_id then integration.
-    pub users: BTreeMap<String, BTreeMap<String, u32>>,
+    #[serde(deserialize_with = "by_integration::deserialize_per_user")]
+    pub users: BTreeMap<String, BTreeMap<IntegrationKind, u32>>,
 }
 
 impl Default for LimitSettings {
@@ -236,11 +228,11 @@ impl Default for LimitSettings {
 }
 
 impl LimitSettings {
-    pub fn limit(&self, user_id: &str, integration: &str) -> Option<u32> {
+    pub fn limit(&self, user_id: &str, integration: IntegrationKind) -> Option<u32> {
         self.users
             .get(user_id)
-            .and_then(|m| m.get(integration))
-            .or_else(|| self.default.get(integration))
+            .and_then(|m| m.get(&integration))
+            .or_else(|| self.default.get(&integration))
             .copied()
     }
 }
@@ -276,23 +268,30 @@ pub struct SmsSettings {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BillingSettings {
-    /// When periods close: a cron expression with seconds.
-    pub schedule: String,
+    /// When periods close: a cron expression with seconds, parsed when the
+    /// settings load (`schedule.source()` is the text as written).
+    #[serde(with = "cron_schedule")]
+    pub schedule: cron::Schedule,
     /// The time zone the schedule is read in (IANA name); UTC when unset.
-    pub timezone: Option<String>,
+    #[serde(with = "time_zone")]
+    pub timezone: Tz,
     pub currency: String,
     pub bill_failed: bool,
     /// Unit price per integration (decimal strings); missing integrations cost 0.
-    pub prices: BTreeMap<String, Decimal>,
+    #[serde(deserialize_with = "by_integration::deserialize")]
+    pub prices: BTreeMap<IntegrationKind, Decimal>,
     /// Per-user overrides of `prices`, by user_id then integration.
-    pub user_prices: BTreeMap<String, BTreeMap<String, Decimal>>,
+    #[serde(deserialize_with = "by_integration::deserialize_per_user")]
+    pub user_prices: BTreeMap<String, BTreeMap<IntegrationKind, Decimal>>,
 }
 
 impl Default for BillingSettings {
     fn default() -> Self {
         Self {
-            schedule: "0 0 0 1 * *".into(),
-            timezone: None,
+            schedule: "0 0 0 1 * *"
+                .parse()
+                .expect("the default schedule is a cron expression"),
+            timezone: chrono_tz::UTC,
             currency: "USD".into(),
             bill_failed: false,
             prices: BTreeMap::new(),
@@ -303,38 +302,114 @@ impl Default for BillingSettings {
 
 impl BillingSettings {
     /// The price of one message of `integration` for any user without an override.
-    pub fn unit_price(&self, integration: &str) -> Decimal {
+    pub fn unit_price(&self, integration: IntegrationKind) -> Decimal {
         self.prices
-            .get(integration)
+            .get(&integration)
             .copied()
             .unwrap_or(Decimal::ZERO)
     }
 
     /// The price of one message of `integration` for `user_id`.
-    pub fn unit_price_for(&self, user_id: &str, integration: &str) -> Decimal {
+    pub fn unit_price_for(&self, user_id: &str, integration: IntegrationKind) -> Decimal {
         self.user_prices
             .get(user_id)
-            .and_then(|p| p.get(integration))
+            .and_then(|p| p.get(&integration))
             .copied()
             .unwrap_or_else(|| self.unit_price(integration))
     }
+}
 
-    pub fn parsed_schedule(&self) -> Result<cron::Schedule, String> {
-        self.schedule.parse().map_err(|e| {
-            format!(
-                "billing.schedule {:?} is not a cron expression with seconds: {e}",
-                self.schedule
-            )
-        })
+/// The maps keyed by integration (`dispatch.pace`, `limits.*`,
+/// `billing.prices`, `billing.user_prices.*`). Keys are read through
+/// `IntegrationKind`'s `FromStr`, so an unknown one is refused, when the
+/// settings load, with the known ones listed (figment adds the key's path).
+mod by_integration {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    use crate::domain::IntegrationKind;
+
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Key(IntegrationKind);
+
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let name = String::deserialize(d)?;
+            match name.parse() {
+                Ok(kind) => Ok(Key(kind)),
+                Err(_) => Err(serde::de::Error::custom(format!(
+                    "unknown integration {name:?} (known: {})",
+                    IntegrationKind::known()
+                ))),
+            }
+        }
     }
 
-    pub fn parsed_timezone(&self) -> Result<chrono_tz::Tz, String> {
-        match &self.timezone {
-            None => Ok(chrono_tz::UTC),
-            Some(name) => name.parse().map_err(|_| {
-                format!("billing.timezone {name:?} is not an IANA time zone such as Europe/Berlin")
-            }),
+    struct ByKind<V>(BTreeMap<IntegrationKind, V>);
+
+    impl<'de, V: Deserialize<'de>> Deserialize<'de> for ByKind<V> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let map = BTreeMap::<Key, V>::deserialize(d)?;
+            Ok(ByKind(map.into_iter().map(|(k, v)| (k.0, v)).collect()))
         }
+    }
+
+    pub fn deserialize<'de, D, V>(d: D) -> Result<BTreeMap<IntegrationKind, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        V: Deserialize<'de>,
+    {
+        ByKind::deserialize(d).map(|m| m.0)
+    }
+
+    /// By user_id, then by integration.
+    pub fn deserialize_per_user<'de, D, V>(
+        d: D,
+    ) -> Result<BTreeMap<String, BTreeMap<IntegrationKind, V>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        V: Deserialize<'de>,
+    {
+        let users = BTreeMap::<String, ByKind<V>>::deserialize(d)?;
+        Ok(users.into_iter().map(|(u, m)| (u, m.0)).collect())
+    }
+}
+
+/// `billing.schedule`: read from its text once, written back as that text.
+mod cron_schedule {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(schedule: &cron::Schedule, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(schedule.source())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<cron::Schedule, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|e| {
+            serde::de::Error::custom(format!(
+                "billing.schedule {text:?} is not a cron expression with seconds: {e}"
+            ))
+        })
+    }
+}
+
+/// `billing.timezone`: an IANA name, read once, written back as that name.
+mod time_zone {
+    use chrono_tz::Tz;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tz.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "billing.timezone {name:?} is not an IANA time zone such as Europe/Berlin"
+            ))
+        })
     }
 }
 
@@ -496,11 +571,9 @@ impl Settings {
         if d.max_attempts == 0 {
             return Err("dispatch.max_attempts must be at least 1".into());
         }
-        self.billing.parsed_schedule()?;
         if !(0.0..=1.0).contains(&self.render.max_shrink) {
             return Err("render.max_shrink is a share between 0 and 1".into());
         }
-        self.billing.parsed_timezone()?;
         if self.retention.interval.is_zero() {
             return Err("retention.interval must be longer than 0s".into());
         }
@@ -543,46 +616,6 @@ impl Settings {
         }
         if self.max_concurrent_ingests == 0 {
             return Err("max_concurrent_ingests must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    /// Integration names used as keys in `dispatch.pace`, `limits` and
-    /// `billing.prices`, checked against the integrations this build knows.
-    pub fn check_integration_names<'a>(
-        &self,
-        known: impl Iterator<Item = &'a str> + Clone,
-    ) -> Result<(), String> {
-        let mut used: Vec<(&str, &str)> = Vec::new();
-        used.extend(
-            self.dispatch
-                .pace
-                .keys()
-                .map(|k| ("dispatch.pace", k.as_str())),
-        );
-        used.extend(
-            self.limits
-                .default
-                .keys()
-                .map(|k| ("limits.default", k.as_str())),
-        );
-        for m in self.limits.users.values() {
-            used.extend(m.keys().map(|k| ("limits.users", k.as_str())));
-        }
-        used.extend(
-            self.billing
-                .prices
-                .keys()
-                .map(|k| ("billing.prices", k.as_str())),
-        );
-        for (section, name) in used {
-            if !known.clone().any(|k| k == name) {
-                let known: Vec<&str> = known.clone().collect();
-                return Err(format!(
-                    "{section}: unknown integration {name:?}; known: {}",
-                    known.join(", ")
-                ));
-            }
         }
         Ok(())
     }
@@ -631,8 +664,108 @@ mod tests {
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.dedupe_window, Duration::from_secs(5));
         assert_eq!(s.outbound_allow.len(), 1);
-        assert_eq!(s.billing.unit_price("slack").to_string(), "0.010");
-        assert_eq!(s.billing.unit_price("sms"), Decimal::ZERO);
+        assert_eq!(
+            s.billing.unit_price(IntegrationKind::Slack).to_string(),
+            "0.010"
+        );
+        assert_eq!(s.billing.unit_price(IntegrationKind::Sms), Decimal::ZERO);
+    }
+
+    /// Loads `toml` as the settings file.
+    fn load(toml: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        Settings::load(Some(&path)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integration_keys_are_typed() {
+        let s = load(
+            "[dispatch.pace]\nslack = \"0s\"\nwebhook = \"2s\"\n\
+             [limits.default]\nsms = 2\n[limits.users.vip]\nsms = 10\n\
+             [billing.prices]\nslack = \"0.010\"\n[billing.user_prices.c1]\nsms = \"3\"\n",
+        )
+        .unwrap();
+        use IntegrationKind::{Email, Slack, Sms, Telegram, Webhook};
+        assert_eq!(s.dispatch.pace_for(Slack), Duration::ZERO);
+        assert_eq!(s.dispatch.pace_for(Webhook), Duration::from_secs(2));
+        // Merged with the defaults, key by key.
+        assert_eq!(s.dispatch.pace_for(Telegram), Duration::from_secs(1));
+        assert_eq!(s.dispatch.pace_for(Email), Duration::ZERO);
+        assert_eq!(s.limits.limit("u1", Sms), Some(2));
+        assert_eq!(s.limits.limit("vip", Sms), Some(10));
+        assert_eq!(s.limits.limit("vip", Slack), None);
+        assert_eq!(s.billing.unit_price_for("c1", Sms).to_string(), "3");
+        assert_eq!(s.billing.unit_price_for("c1", Slack).to_string(), "0.010");
+        assert_eq!(s.billing.unit_price_for("u1", Sms), Decimal::ZERO);
+    }
+
+    #[test]
+    fn an_unknown_integration_is_refused_wherever_it_is_a_key() {
+        for (toml, key) in [
+            ("[dispatch.pace]\nsmz = \"1s\"\n", "dispatch.pace.smz"),
+            ("[limits.default]\nsmz = 1\n", "limits.default.smz"),
+            ("[limits.users.u1]\nsmz = 1\n", "limits.users.u1.smz"),
+            ("[billing.prices]\nsmz = \"3\"\n", "billing.prices.smz"),
+            (
+                "[billing.user_prices.\"c1\"]\nsmz = \"3\"\n",
+                "billing.user_prices.c1.smz",
+            ),
+            // Names are lower case, as Alertmanager writes them.
+            ("[billing.prices]\nSlack = \"3\"\n", "billing.prices.Slack"),
+        ] {
+            let err = load(toml).unwrap_err();
+            let name = key.rsplit('.').next().unwrap();
+            assert!(
+                err.contains(&format!("unknown integration \"{name}\"")),
+                "{toml}: {err}"
+            );
+            assert!(err.contains(&format!("{key}\"")), "{toml}: {err}");
+            assert!(
+                err.contains("email, slack, sms, telegram, webhook"),
+                "{toml}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn schedule_and_time_zone_are_parsed_when_loaded() {
+        let s = Settings::default();
+        assert_eq!(s.billing.schedule.source(), "0 0 0 1 * *");
+        assert_eq!(s.billing.timezone, chrono_tz::UTC);
+        let s =
+            load("[billing]\nschedule = \"0 0 * * * *\"\ntimezone = \"Europe/Berlin\"\n").unwrap();
+        assert_eq!(s.billing.schedule.source(), "0 0 * * * *");
+        assert_eq!(s.billing.timezone, chrono_tz::Europe::Berlin);
+
+        let err = load("[billing]\nschedule = \"0 0 1 * *\"\n").unwrap_err();
+        assert!(
+            err.contains("billing.schedule \"0 0 1 * *\" is not a cron expression with seconds"),
+            "{err}"
+        );
+        let err = load("[billing]\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
+        assert!(
+            err.contains(
+                "billing.timezone \"Mars/Olympus\" is not an IANA time zone such as Europe/Berlin"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn typed_settings_serialise_as_they_are_written() {
+        let mut s = Settings::default();
+        s.billing.timezone = chrono_tz::Europe::Berlin;
+        s.billing.user_prices.insert(
+            "c1".into(),
+            [(IntegrationKind::Sms, Decimal::new(3, 0))].into(),
+        );
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["billing"]["schedule"], "0 0 0 1 * *");
+        assert_eq!(v["billing"]["timezone"], "Europe/Berlin");
+        assert_eq!(v["billing"]["user_prices"]["c1"]["sms"], "3");
+        assert_eq!(v["dispatch"]["pace"]["slack"], "1s");
     }
 
     #[test]

@@ -54,13 +54,24 @@ fn concat(db: Database, a: &str, b: &str) -> String {
     }
 }
 
+/// Runs SQL on the server's database with the native driver its URL names.
+async fn execute(url: &str, sql: &str) -> Result<()> {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await?;
+        sqlx::raw_sql(sql).execute(&mut conn).await?;
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        sqlx::raw_sql(sql).execute(&mut conn).await?;
+    }
+    Ok(())
+}
+
 pub async fn run(args: LedgerArgs) -> Result<()> {
-    sqlx::any::install_default_drivers();
     let db = args.common.database;
     let dir = tempfile::tempdir()?;
     let http = reqwest::Client::new();
     let server = Notimeter::start(&args.common, dir.path(), &http, "").await?;
-    let pool = sqlx::AnyPool::connect(&server.database_url).await?;
     let usage: serde_json::Value = http
         .get(format!("{}/v1/usage", server.base))
         .send()
@@ -83,24 +94,20 @@ pub async fn run(args: LedgerArgs) -> Result<()> {
     let now = notimeter::clock::now_ms();
     let payload = "{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{\"labels\":{\"alertname\":\"HighCPU\",\"instance\":\"host-1:9100\",\"severity\":\"critical\"},\"annotations\":{\"description\":\"CPU on host-1 is above 90% for 5 minutes\"}}]}";
     let user = concat(db, "'user'", &format!("n % {}", args.users));
-    sqlx::query(&format!(
+    execute(&server.database_url, &format!(
         "{}INSERT INTO messages (user_id, channel_id, integration, payload, alert_count, alertnames, state, created_at, due_at, \
            attempts, final_at, period_id) \
          SELECT {user}, 'c', {INTEGRATIONS}, '{payload}', 1, 'HighCPU', CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'delivered' END, \
            {now}, {now}, 1, {now} - 1000000 + n, '{open}' {}",
         series(db, args.messages),
         from_series(db, args.messages)
-    ))
-    .execute(&pool)
-    .await?;
-    sqlx::query(&format!(
+    )).await?;
+    execute(&server.database_url, &format!(
         "INSERT INTO usage (period_id, user_id, integration, delivered, failed) \
          SELECT period_id, user_id, integration, SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END), \
                 SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) \
          FROM messages WHERE period_id = '{open}' GROUP BY period_id, user_id, integration"
-    ))
-    .execute(&pool)
-    .await?;
+    )).await?;
     println!(
         "seeded     {} messages in {:.1} s",
         args.messages,
@@ -140,13 +147,11 @@ pub async fn run(args: LedgerArgs) -> Result<()> {
         .unwrap_or_default()
         .to_owned();
     let user = concat(db, "'user'", "n / 5");
-    sqlx::query(&format!(
+    execute(&server.database_url, &format!(
         "{}INSERT INTO usage (period_id, user_id, integration, delivered, failed) SELECT '{next}', {user}, {INTEGRATIONS}, n % 97, n % 3 {}",
         series(db, args.rows),
         from_series(db, args.rows)
-    ))
-    .execute(&pool)
-    .await?;
+    )).await?;
     let started = Instant::now();
     let csv = http
         .get(format!("{}/v1/ledger/current.csv", server.base))
@@ -191,7 +196,6 @@ pub async fn run(args: LedgerArgs) -> Result<()> {
         lines - 1,
         bytes as f64 / 1e6
     );
-    pool.close().await;
     server.stop().await?;
     Ok(())
 }

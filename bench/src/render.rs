@@ -167,7 +167,7 @@ pub async fn run(args: RenderArgs) -> Result<()> {
     ))
     .await?;
     store.migrate(notimeter::clock::now_ms()).await?;
-    let pool = sqlx::AnyPool::connect(&format!(
+    let pool = sqlx::SqlitePool::connect(&format!(
         "sqlite://{}",
         dir.path().join("render.db").display()
     ))

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::auth::{authorize, authorize_read, Role};
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::Store;
 
@@ -23,41 +24,20 @@ struct Access {
     role: Role,
     /// Whether reads (GET, HEAD) also accept the finance page's login cookie.
     login_cookie: bool,
+    /// What a session's expiry is read against.
+    clock: Clock,
 }
 
-/// Requires `role`'s bearer token (or the admin's) on every route of `routes`.
+/// Requires `role`'s bearer token (or the admin's) on every route of
+/// `routes`. Finance reads also accept the finance page's login cookie (see
+/// [`authorize_read`], the session's expiry read against `clock`); requests
+/// that change anything never do.
 pub fn require<S>(
     routes: Router<S>,
     settings: Arc<Settings>,
     store: Arc<Store>,
+    clock: Clock,
     role: Role,
-) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    guard(routes, settings, store, role, false)
-}
-
-/// Like [`require`], but reads also accept the finance page's login cookie
-/// (see [`authorize_read`]); requests that change anything never do.
-pub fn require_for_reads<S>(
-    routes: Router<S>,
-    settings: Arc<Settings>,
-    store: Arc<Store>,
-    role: Role,
-) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    guard(routes, settings, store, role, true)
-}
-
-fn guard<S>(
-    routes: Router<S>,
-    settings: Arc<Settings>,
-    store: Arc<Store>,
-    role: Role,
-    login_cookie: bool,
 ) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -67,7 +47,8 @@ where
             settings,
             store,
             role,
-            login_cookie,
+            login_cookie: role == Role::Finance,
+            clock,
         },
         check,
     ))
@@ -77,7 +58,14 @@ async fn check(State(access): State<Access>, request: Request, next: Next) -> Re
     let headers = request.headers();
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     let allowed = if access.login_cookie && read {
-        authorize_read(&access.settings, &access.store, headers, access.role).await
+        authorize_read(
+            &access.settings,
+            &access.store,
+            &access.clock,
+            headers,
+            access.role,
+        )
+        .await
     } else {
         authorize(&access.settings, headers, access.role)
     };

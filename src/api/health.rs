@@ -8,9 +8,9 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::{authorize, Role};
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store;
 
 /// How long a scrape waits for the store-derived gauges before it answers

@@ -8,15 +8,14 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::stream;
-use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::ledger::csv;
+use crate::state::AppState;
 use crate::store::Period;
 
 pub fn period_json(p: &Period) -> Value {
@@ -82,21 +81,12 @@ pub fn ledger_body(state: &AppState, period: Period) -> Body {
             Ok(w) => w,
             Err(e) => return chunks.fail(e).await,
         };
-        let mut rows = std::pin::pin!(store.usage_rows(&period.id));
-        while let Some(row) = rows.next().await {
-            if let Err(e) = row
-                .map_err(anyhow::Error::from)
-                .and_then(|r| Ok(w.row(&r)?))
-            {
-                return chunks.fail(e).await;
-            }
-            let _ = w.flush();
-            if !chunks.pass_on(false).await {
-                return;
-            }
-        }
-        let _ = w.flush();
-        chunks.pass_on(true).await;
+        chunks
+            .write_all(store.usage_rows(&period.id), |r| {
+                w.row(&r)?;
+                Ok(w.flush()?)
+            })
+            .await;
     })
 }
 
@@ -115,7 +105,7 @@ pub async fn period_csv(
     let filename = format!("notimeter-{}.csv", period.id);
     let sha = period.report_sha256.clone();
     let report = if period.end_at.is_some() {
-        state.ledger.intact_report(&period)
+        state.ledger.intact_report(&period).await
     } else {
         None
     };
@@ -144,21 +134,12 @@ pub async fn items_csv(
         let Ok(mut w) = csv::items_writer(chunks.writer()) else {
             return;
         };
-        let mut items = std::pin::pin!(store.items(&period_id));
-        while let Some(item) = items.next().await {
-            if let Err(e) = item
-                .map_err(anyhow::Error::from)
-                .and_then(|i| Ok(csv::write_item(&mut w, &period_id, &i)?))
-            {
-                return chunks.fail(e).await;
-            }
-            let _ = w.flush();
-            if !chunks.pass_on(false).await {
-                return;
-            }
-        }
-        let _ = w.flush();
-        chunks.pass_on(true).await;
+        chunks
+            .write_all(store.items(&period_id), |i| {
+                csv::write_item(&mut w, &period_id, &i)?;
+                Ok(w.flush()?)
+            })
+            .await;
     });
     Ok(csv_response(
         format!("notimeter-{}-items.csv", period.id),

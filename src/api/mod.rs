@@ -6,12 +6,12 @@ pub mod channels;
 pub mod health;
 pub mod ledger;
 pub mod page;
+mod router;
 pub mod stream;
 pub mod throttle;
 pub mod usage;
 
-/// How secrets are shown on reads; sending it back on PUT keeps the stored value.
-pub const SECRET_PLACEHOLDER: &str = "<secret>";
+pub use router::router;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::FromRequest;

@@ -14,22 +14,30 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use crate::api::throttle::client_key;
-use crate::app::AppState;
 use crate::auth::{
     authorize_read, check, new_session_id, role_name, session_cookie, session_hash, Role, COOKIE,
 };
-use crate::clock::{duration_ms, now_ms};
+use crate::clock::duration_ms;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ledger::csv::Pricing;
 use crate::ledger::page;
+use crate::state::AppState;
 use crate::store::NewSession;
 
 pub async fn index(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    match authorize_read(&state.settings, &state.store, &headers, Role::Finance).await {
+    match authorize_read(
+        &state.settings,
+        &state.store,
+        &state.clock,
+        &headers,
+        Role::Finance,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(ApiError::Unauthorized | ApiError::Forbidden) => {
             return Ok(Redirect::to("/login").into_response())
@@ -39,7 +47,7 @@ pub async fn index(
     let open = state.store.open_period().await?;
     let rows = state.store.usage(&open.id).await?;
     let periods = state.store.list_periods().await?;
-    let today = now_ms();
+    let today = state.clock.now_ms();
     let daily = state.store.daily_counts(today - 30 * 86_400_000).await?;
     let html = page::index(&page::PageData {
         open: &open,
@@ -119,7 +127,7 @@ pub async fn login(
         )
             .into_response());
     }
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let ttl = state.settings.page.session_ttl;
     let id = new_session_id();
     // Finance, even when the admin token signed in: a session never writes.

@@ -59,6 +59,30 @@ impl Chunks {
         chunk.is_empty() || self.tx.send(Ok(Bytes::from(chunk))).await.is_ok()
     }
 
+    /// Writes every row of `rows` with `write` (which also flushes its
+    /// writer into the buffer), passing chunks on as they fill, then the
+    /// rest. The first error ends the body as a failed transfer; a client that
+    /// went away ends it quietly.
+    pub async fn write_all<T, E>(
+        &self,
+        rows: impl futures::Stream<Item = Result<T, E>>,
+        mut write: impl FnMut(T) -> anyhow::Result<()>,
+    ) where
+        E: Into<anyhow::Error>,
+    {
+        use futures::StreamExt;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows.next().await {
+            if let Err(e) = row.map_err(Into::into).and_then(&mut write) {
+                return self.fail(e).await;
+            }
+            if !self.pass_on(false).await {
+                return;
+            }
+        }
+        self.pass_on(true).await;
+    }
+
     /// Ends the body with an error (the client sees a broken transfer, not a
     /// truncated file that looks whole).
     pub async fn fail(&self, error: impl std::fmt::Display) {

@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::clock::Clock;
+
 /// Addresses tracked at once. When full, addresses whose failures have all
 /// left the window are forgotten first, then the one that failed longest ago.
 pub const MAX_CLIENTS: usize = 10_000;
@@ -31,14 +33,16 @@ pub struct LoginThrottle {
     max_failures: usize,
     window: Duration,
     failures: Mutex<HashMap<ClientKey, VecDeque<Instant>>>,
+    clock: Clock,
 }
 
 impl LoginThrottle {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
+    pub fn new(max_failures: u32, window: Duration, clock: Clock) -> Self {
         Self {
             max_failures: max_failures.max(1) as usize,
             window,
             failures: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
@@ -47,7 +51,7 @@ impl LoginThrottle {
     /// looked at). A `false` from `token_ok` counts as a failure. One lock
     /// covers the check and the count, so parallel guesses cannot slip past it.
     pub fn attempt(&self, client: ClientKey, token_ok: impl FnOnce() -> bool) -> Result<bool, u64> {
-        self.attempt_at(client, Instant::now(), token_ok)
+        self.attempt_at(client, self.clock.instant(), token_ok)
     }
 
     fn attempt_at(
@@ -101,7 +105,7 @@ mod tests {
 
     #[test]
     fn failures_per_window() {
-        let t = LoginThrottle::new(3, Duration::from_secs(60));
+        let t = LoginThrottle::new(3, Duration::from_secs(60), Clock::system());
         let a = client_key(Some("192.0.2.1".parse().unwrap()));
         let b = client_key(Some("192.0.2.2".parse().unwrap()));
         let start = Instant::now();
@@ -145,7 +149,7 @@ mod tests {
             client_key(Some("::ffff:192.0.2.1".parse().unwrap())),
             client_key(Some("192.0.2.1".parse().unwrap()))
         );
-        let t = LoginThrottle::new(1, Duration::from_secs(60));
+        let t = LoginThrottle::new(1, Duration::from_secs(60), Clock::system());
         let now = Instant::now();
         for i in 0..(MAX_CLIENTS as u32 + 10) {
             let _ = t.attempt_at(Some(IpAddr::from(i.to_be_bytes())), now, || false);

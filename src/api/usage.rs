@@ -6,10 +6,10 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::ledger::csv::Pricing;
+use crate::state::AppState;
 
 pub async fn usage(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let period = state.store.open_period().await?;

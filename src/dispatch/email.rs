@@ -7,19 +7,15 @@
 
 use std::time::Duration;
 
+use super::{template, Integration, Reason, SendContext, SendError, Sent, ValidateContext};
+use crate::config::{SmtpSettings, SmtpTls};
+use crate::domain::settings::EmailSettings;
+use crate::domain::{Alert, WebhookPayload};
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use rand::Rng;
-use serde::Deserialize;
-use serde_json::Value;
-
-use super::{
-    parse_settings, template, Integration, Reason, SendContext, SendError, Sent, ValidateContext,
-};
-use crate::config::{SmtpSettings, SmtpTls};
-use crate::domain::{Alert, WebhookPayload};
 
 struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -29,36 +25,6 @@ struct Smtp {
 pub struct Email {
     /// The transport, or why there is none.
     smtp: Result<Smtp, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    to: OneOrMany,
-}
-
-fn recipients(value: &Value) -> Result<Vec<Mailbox>, String> {
-    let s: Settings = parse_settings(value)?;
-    let list = match s.to {
-        OneOrMany::One(a) => vec![a],
-        OneOrMany::Many(v) => v,
-    };
-    if list.is_empty() {
-        return Err("settings.to needs at least one address".into());
-    }
-    list.iter()
-        .map(|a| {
-            a.parse::<Mailbox>()
-                .map_err(|e| format!("settings.to: {a:?} is not an email address: {e}"))
-        })
-        .collect()
 }
 
 fn build(smtp: &SmtpSettings, timeout: Duration) -> Result<Smtp, String> {
@@ -112,7 +78,7 @@ fn html_alerts(out: &mut String, title: &str, alerts: &[&Alert]) {
     if alerts.is_empty() {
         return;
     }
-    let e = template::html_escape;
+    let e = crate::html::html_escape;
     out.push_str(&format!(
         "<tr><td style=\"padding:10px 0 4px;font-size:16px\"><strong>[{}] {title}</strong></td></tr>\n",
         alerts.len()
@@ -141,7 +107,7 @@ fn html_alerts(out: &mut String, title: &str, alerts: &[&Alert]) {
 /// The HTML part, shaped like Alertmanager's default email: a header with the
 /// count and group labels, a link to Alertmanager, then firing and resolved alerts.
 pub fn html_body(p: &WebhookPayload) -> String {
-    let e = template::html_escape;
+    let e = crate::html::html_escape;
     let (firing, resolved) = template::by_status(p);
     let (color, headline) = if firing.is_empty() {
         (
@@ -247,31 +213,23 @@ impl Email {
 
 #[async_trait]
 impl Integration for Email {
-    fn name(&self) -> &'static str {
-        "email"
-    }
+    type Settings = EmailSettings;
 
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    fn validate(&self, value: &Value, _ctx: &ValidateContext<'_>) -> Result<(), String> {
-        self.smtp.as_ref().map_err(Clone::clone)?;
-        recipients(value).map(drop)
+    fn validate(&self, _s: &EmailSettings, _ctx: &ValidateContext<'_>) -> Result<(), String> {
+        self.smtp.as_ref().map(drop).map_err(Clone::clone)
     }
 
     async fn send(
         &self,
         _ctx: &SendContext,
-        value: &Value,
+        s: &EmailSettings,
         payload: &WebhookPayload,
     ) -> Result<Sent, SendError> {
         let smtp = self
             .smtp
             .as_ref()
             .map_err(|e| SendError::permanent(Reason::Other, e.clone()))?;
-        let to = recipients(value).map_err(|e| SendError::permanent(Reason::ClientError, e))?;
-        let msg = message(&smtp.from, &to, payload)
+        let msg = message(&smtp.from, &s.to.mailboxes(), payload)
             .map_err(|e| SendError::permanent(Reason::Other, e))?;
         let response = smtp.transport.send(msg).await.map_err(classify)?;
         Ok(Sent {
@@ -284,27 +242,9 @@ impl Integration for Email {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn header_values_lose_line_breaks() {
         assert_eq!(header_safe("a\r\nBcc: x@y"), "a  Bcc: x@y");
-    }
-
-    #[test]
-    fn recipients_are_checked() {
-        assert_eq!(
-            recipients(&json!({"to": "a@example.com"})).unwrap().len(),
-            1
-        );
-        assert_eq!(
-            recipients(&json!({"to": ["a@example.com", "Ops <b@example.com>"]}))
-                .unwrap()
-                .len(),
-            2
-        );
-        assert!(recipients(&json!({"to": []})).is_err());
-        assert!(recipients(&json!({"to": "not an address"})).is_err());
-        assert!(recipients(&json!({"to": "a@example.com\r\nBcc: evil@example.com"})).is_err());
     }
 }

@@ -45,7 +45,7 @@ pub fn transport_error(err: reqwest::Error) -> SendError {
     let mut guarded = false;
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
-        guarded |= cause.downcast_ref::<super::guard::Refused>().is_some();
+        guarded |= cause.downcast_ref::<crate::outbound::Refused>().is_some();
         detail.push_str(": ");
         detail.push_str(&cause.to_string());
         source = cause.source();

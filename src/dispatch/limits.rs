@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::config::LimitSettings;
+use crate::domain::IntegrationKind;
 
 struct Bucket {
     tokens: f64,
@@ -15,7 +16,7 @@ struct Bucket {
 
 pub struct PlanLimits {
     settings: LimitSettings,
-    buckets: Mutex<HashMap<(String, String), Bucket>>,
+    buckets: Mutex<HashMap<(String, IntegrationKind), Bucket>>,
 }
 
 impl PlanLimits {
@@ -27,14 +28,19 @@ impl PlanLimits {
     }
 
     /// Takes one message from the user's allowance, or returns the limit it is over.
-    pub fn admit(&self, user_id: &str, integration: &str, now: Instant) -> Result<(), u32> {
+    pub fn admit(
+        &self,
+        user_id: &str,
+        integration: IntegrationKind,
+        now: Instant,
+    ) -> Result<(), u32> {
         let Some(limit) = self.settings.limit(user_id, integration) else {
             return Ok(());
         };
         let rate = f64::from(limit) / self.settings.interval.as_secs_f64();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let bucket = buckets
-            .entry((user_id.to_owned(), integration.to_owned()))
+            .entry((user_id.to_owned(), integration))
             .or_insert(Bucket {
                 tokens: f64::from(limit),
                 updated: now,
@@ -50,7 +56,7 @@ impl PlanLimits {
         }
     }
 
-    pub fn describe(&self, limit: u32, integration: &str) -> String {
+    pub fn describe(&self, limit: u32, integration: IntegrationKind) -> String {
         format!(
             "plan limit of {limit} {integration} messages per {} reached; not sent",
             humantime::format_duration(self.settings.interval)
@@ -62,6 +68,7 @@ impl PlanLimits {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use IntegrationKind::{Slack, Sms};
 
     #[test]
     fn bucket_refills() {
@@ -69,22 +76,22 @@ mod tests {
             interval: Duration::from_secs(60),
             ..LimitSettings::default()
         };
-        s.default.insert("sms".into(), 2);
-        s.users.insert("vip".into(), [("sms".to_owned(), 5)].into());
+        s.default.insert(Sms, 2);
+        s.users.insert("vip".into(), [(Sms, 5)].into());
         let l = PlanLimits::new(s);
         let t = Instant::now();
-        assert!(l.admit("u1", "sms", t).is_ok());
-        assert!(l.admit("u1", "sms", t).is_ok());
-        assert_eq!(l.admit("u1", "sms", t), Err(2));
-        assert!(l.admit("u1", "slack", t).is_ok(), "no limit for slack");
-        assert!(l.admit("u2", "sms", t).is_ok(), "per user");
+        assert!(l.admit("u1", Sms, t).is_ok());
+        assert!(l.admit("u1", Sms, t).is_ok());
+        assert_eq!(l.admit("u1", Sms, t), Err(2));
+        assert!(l.admit("u1", Slack, t).is_ok(), "no limit for slack");
+        assert!(l.admit("u2", Sms, t).is_ok(), "per user");
         assert!(
-            l.admit("u1", "sms", t + Duration::from_secs(30)).is_ok(),
+            l.admit("u1", Sms, t + Duration::from_secs(30)).is_ok(),
             "refilled one"
         );
         for _ in 0..5 {
-            assert!(l.admit("vip", "sms", t).is_ok());
+            assert!(l.admit("vip", Sms, t).is_ok());
         }
-        assert_eq!(l.admit("vip", "sms", t), Err(5));
+        assert_eq!(l.admit("vip", Sms, t), Err(5));
     }
 }

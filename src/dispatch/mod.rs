@@ -5,7 +5,6 @@
 //! line in [`Registry::standard`]; the store, the API and the worker need no change.
 
 pub mod email;
-pub mod guard;
 mod http;
 pub mod limits;
 pub mod pace;
@@ -17,58 +16,18 @@ pub mod template;
 pub mod webhook;
 pub mod worker;
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::config::Settings;
-use crate::domain::WebhookPayload;
+use crate::domain::{ChannelSettings, WebhookPayload};
+use crate::outbound::Guard;
 
 pub use worker::Dispatcher;
 
-/// Why an attempt failed, in Alertmanager's names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    ClientError,
-    ServerError,
-    RateLimited,
-    AuthError,
-    ContextDeadlineExceeded,
-    Other,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::ClientError,
-        Reason::ServerError,
-        Reason::RateLimited,
-        Reason::AuthError,
-        Reason::ContextDeadlineExceeded,
-        Reason::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::ClientError => "clientError",
-            Reason::ServerError => "serverError",
-            Reason::RateLimited => "rateLimited",
-            Reason::AuthError => "authError",
-            Reason::ContextDeadlineExceeded => "contextDeadlineExceeded",
-            Reason::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::domain::Reason;
 
 /// A failed attempt. `detail` must never contain a secret (URLs are stripped).
 #[derive(Clone, Debug)]
@@ -106,7 +65,7 @@ pub struct Sent {
 pub struct SendContext {
     pub http: reqwest::Client,
     pub settings: Arc<Settings>,
-    pub guard: guard::Guard,
+    pub guard: Guard,
     /// Whether requests go through `outbound_proxy`: the proxy resolves
     /// names, so the guard resolves and checks them before sending.
     proxied: bool,
@@ -114,7 +73,7 @@ pub struct SendContext {
 
 impl SendContext {
     pub fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
-        let guard = guard::Guard::new(settings.outbound_allow.clone());
+        let guard = Guard::new(settings.outbound_allow.clone());
         let proxied = settings.outbound_proxy.is_some();
         let builder = reqwest::Client::builder()
             .user_agent(concat!("notimeter/", env!("CARGO_PKG_VERSION")))
@@ -172,7 +131,7 @@ impl SendContext {
 /// Settings checks that need the operator's configuration (outbound guard).
 pub struct ValidateContext<'a> {
     pub settings: &'a Settings,
-    pub guard: &'a guard::Guard,
+    pub guard: &'a Guard,
 }
 
 impl ValidateContext<'_> {
@@ -185,17 +144,26 @@ impl ValidateContext<'_> {
     }
 }
 
+/// One integration: how its channels' settings are checked with the
+/// operator's configuration, which destination it paces, and how it sends.
 #[async_trait]
 pub trait Integration: Send + Sync {
-    /// The `integration` label, as Alertmanager names it.
-    fn name(&self) -> &'static str;
-    /// Dotted paths of the settings that are secrets, shown as `"<secret>"`.
-    fn secret_fields(&self) -> &'static [&'static str];
-    /// Checks a channel's settings when it is saved.
-    fn validate(&self, settings: &Value, ctx: &ValidateContext<'_>) -> Result<(), String>;
+    /// Its channels' settings, parsed (see `domain::settings`).
+    type Settings: Send + Sync;
+
+    /// Checks a channel's settings against the operator's configuration when
+    /// it is saved (the outbound guard, a configured SMTP server, …).
+    fn validate(
+        &self,
+        _settings: &Self::Settings,
+        _ctx: &ValidateContext<'_>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The destination sends are paced per (`dispatch.pace`), if any: e.g. one
     /// Slack webhook, one Telegram chat. Hashed, so no secret is kept in it.
-    fn destination(&self, _settings: &Value) -> Option<String> {
+    fn destination(&self, _settings: &Self::Settings) -> Option<String> {
         None
     }
 
@@ -203,47 +171,86 @@ pub trait Integration: Send + Sync {
     async fn send(
         &self,
         ctx: &SendContext,
-        settings: &Value,
+        settings: &Self::Settings,
         payload: &WebhookPayload,
     ) -> Result<Sent, SendError>;
 }
 
-/// The integrations this build knows, by name.
+/// The integrations of this build, one of each. A channel's settings say
+/// which one sends it, so none can be missing: adding an integration is a
+/// variant of `ChannelSettings`, a file here, and the arms the compiler asks for.
 #[derive(Clone)]
-pub struct Registry {
-    by_name: BTreeMap<&'static str, Arc<dyn Integration>>,
+pub struct Registry(Arc<Integrations>);
+
+struct Integrations {
+    email: email::Email,
+    slack: slack::Slack,
+    sms: sms::Sms,
+    telegram: telegram::Telegram,
+    webhook: webhook::Webhook,
+}
+
+/// Runs `$body` with `$i` the integration and `$s` the typed settings of `$settings`.
+macro_rules! with_integration {
+    ($registry:expr, $settings:expr, |$i:ident, $s:ident| $body:expr) => {{
+        let all = &$registry.0;
+        match $settings {
+            ChannelSettings::Email($s) => {
+                let $i = &all.email;
+                $body
+            }
+            ChannelSettings::Slack($s) => {
+                let $i = &all.slack;
+                $body
+            }
+            ChannelSettings::Sms($s) => {
+                let $i = &all.sms;
+                $body
+            }
+            ChannelSettings::Telegram($s) => {
+                let $i = &all.telegram;
+                $body
+            }
+            ChannelSettings::Webhook($s) => {
+                let $i = &all.webhook;
+                $body
+            }
+        }
+    }};
 }
 
 impl Registry {
     /// Every integration of this build; global settings configure email and SMS.
     pub fn standard(settings: &Settings) -> Self {
-        let all: Vec<Arc<dyn Integration>> = vec![
-            Arc::new(webhook::Webhook),
-            Arc::new(slack::Slack),
-            Arc::new(telegram::Telegram),
-            Arc::new(email::Email::new(
-                &settings.smtp,
-                settings.dispatch.send_timeout,
-            )),
-            Arc::new(sms::Sms),
-        ];
-        Self {
-            by_name: all.into_iter().map(|i| (i.name(), i)).collect(),
-        }
+        Self(Arc::new(Integrations {
+            email: email::Email::new(&settings.smtp, settings.dispatch.send_timeout),
+            slack: slack::Slack,
+            sms: sms::Sms,
+            telegram: telegram::Telegram,
+            webhook: webhook::Webhook,
+        }))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Integration>> {
-        self.by_name.get(name)
+    pub fn validate(
+        &self,
+        settings: &ChannelSettings,
+        ctx: &ValidateContext<'_>,
+    ) -> Result<(), String> {
+        with_integration!(self, settings, |i, s| i.validate(s, ctx))
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + Clone + '_ {
-        self.by_name.keys().copied()
+    pub fn destination(&self, settings: &ChannelSettings) -> Option<String> {
+        with_integration!(self, settings, |i, s| i.destination(s))
     }
-}
 
-/// Deserialises an integration's settings, saying which field is wrong.
-pub fn parse_settings<T: DeserializeOwned>(settings: &Value) -> Result<T, String> {
-    T::deserialize(settings).map_err(|e| format!("settings: {e}"))
+    pub async fn send(
+        &self,
+        ctx: &SendContext,
+        settings: &ChannelSettings,
+        payload: &WebhookPayload,
+    ) -> Result<Sent, SendError> {
+        with_integration!(self, settings, |i, s| i.send(ctx, s, payload).await)
+    }
 }
 
 /// A stable, non-reversible key for a destination built from secret parts.
@@ -255,62 +262,4 @@ pub fn destination_key(integration: &str, parts: &[&str]) -> String {
         h.update([0]);
     }
     format!("{integration}:{}", hex::encode(&h.finalize()[..12]))
-}
-
-/// Replaces the secret fields of `settings` with `"<secret>"`.
-pub fn redact(settings: &mut Value, secret_fields: &[&str]) {
-    for path in secret_fields {
-        let mut node = &mut *settings;
-        let mut parts = path.split('.').peekable();
-        while let Some(part) = parts.next() {
-            let Some(next) = node.get_mut(part) else {
-                break;
-            };
-            if parts.peek().is_none() {
-                if !next.is_null() {
-                    *next = Value::String(crate::api::SECRET_PLACEHOLDER.into());
-                }
-                break;
-            }
-            node = next;
-        }
-    }
-}
-
-/// For a PUT that sends `"<secret>"` back (as GET showed it), keep the stored value.
-pub fn restore_secrets(settings: &mut Value, previous: &Value, secret_fields: &[&str]) {
-    for path in secret_fields {
-        let pointer = format!("/{}", path.replace('.', "/"));
-        let placeholder = settings
-            .pointer(&pointer)
-            .and_then(Value::as_str)
-            .is_some_and(|s| s == crate::api::SECRET_PLACEHOLDER);
-        if placeholder {
-            if let (Some(old), Some(slot)) =
-                (previous.pointer(&pointer), settings.pointer_mut(&pointer))
-            {
-                *slot = old.clone();
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn redact_and_restore() {
-        let original =
-            json!({"url": "https://x/secret", "basic_auth": {"username": "u", "password": "p"}});
-        let mut shown = original.clone();
-        redact(&mut shown, &["url", "basic_auth.password", "bearer_token"]);
-        assert_eq!(
-            shown,
-            json!({"url": "<secret>", "basic_auth": {"username": "u", "password": "<secret>"}})
-        );
-        restore_secrets(&mut shown, &original, &["url", "basic_auth.password"]);
-        assert_eq!(shown, original);
-    }
 }

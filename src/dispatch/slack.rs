@@ -3,26 +3,14 @@
 //! the alerts' descriptions as text.
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
-use super::{
-    http, parse_settings, template, Integration, Reason, SendContext, SendError, Sent,
-    ValidateContext,
-};
+use super::{http, template, Integration, SendContext, SendError, Sent, ValidateContext};
+use crate::domain::settings::SlackSettings;
 use crate::domain::{AlertStatus, WebhookPayload};
 
 pub struct Slack;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    api_url: String,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    username: Option<String>,
-}
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Attachment {
@@ -88,34 +76,24 @@ fn check_body(body: &str) -> Result<(), String> {
 
 #[async_trait]
 impl Integration for Slack {
-    fn name(&self) -> &'static str {
-        "slack"
+    type Settings = SlackSettings;
+
+    fn validate(&self, s: &SlackSettings, ctx: &ValidateContext<'_>) -> Result<(), String> {
+        ctx.url("api_url", s.api_url.expose())
     }
 
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &["api_url"]
-    }
-
-    fn validate(&self, settings: &Value, ctx: &ValidateContext<'_>) -> Result<(), String> {
-        let s: Settings = parse_settings(settings)?;
-        ctx.url("api_url", &s.api_url)
-    }
-
-    fn destination(&self, settings: &Value) -> Option<String> {
-        let s: Settings = parse_settings(settings).ok()?;
-        Some(super::destination_key("slack", &[&s.api_url]))
+    fn destination(&self, s: &SlackSettings) -> Option<String> {
+        Some(super::destination_key("slack", &[s.api_url.expose()]))
     }
 
     async fn send(
         &self,
         ctx: &SendContext,
-        settings: &Value,
+        s: &SlackSettings,
         payload: &WebhookPayload,
     ) -> Result<Sent, SendError> {
-        let s: Settings =
-            parse_settings(settings).map_err(|e| SendError::permanent(Reason::Other, e))?;
-        let url = ctx.checked_url(&s.api_url).await?;
-        let body = message(payload, s.channel, s.username);
+        let url = ctx.checked_url(s.api_url.expose()).await?;
+        let body = message(payload, s.channel.clone(), s.username.clone());
         http::send(ctx.http.post(url).json(&body), check_body).await
     }
 }

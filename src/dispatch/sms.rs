@@ -8,10 +8,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::http::{self, Answer};
-use super::{
-    parse_settings, template, Integration, Reason, SendContext, SendError, Sent, ValidateContext,
-};
-use crate::config::SmsSettings;
+use super::{template, Integration, Reason, SendContext, SendError, Sent, ValidateContext};
+use crate::config::SmsSettings as SmsGateway;
+use crate::domain::settings::SmsSettings;
 use crate::domain::WebhookPayload;
 
 pub struct Sms;
@@ -19,20 +18,6 @@ pub struct Sms;
 /// The longest body sent, in segments.
 pub const MAX_SEGMENTS: usize = 2;
 const DEFAULT_API_URL: &str = "https://api.twilio.com";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    to: String,
-}
-
-/// E.164: `+`, a non-zero digit, up to 15 digits in all.
-fn is_e164(s: &str) -> bool {
-    let digits = s.strip_prefix('+').unwrap_or("");
-    (2..=15).contains(&digits.len())
-        && !digits.starts_with('0')
-        && digits.chars().all(|c| c.is_ascii_digit())
-}
 
 const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
 const GSM_EXTENSION: &str = "^{}\\[~]|€\u{c}";
@@ -104,7 +89,7 @@ struct Gateway<'a> {
     from: &'a str,
 }
 
-fn gateway(sms: &SmsSettings) -> Result<Gateway<'_>, String> {
+fn gateway(sms: &SmsGateway) -> Result<Gateway<'_>, String> {
     match (&sms.account_sid, &sms.auth_token, &sms.from) {
         (Some(account_sid), Some(token), Some(from)) => Ok(Gateway {
             api_url: sms.api_url.as_deref().unwrap_or(DEFAULT_API_URL),
@@ -164,35 +149,19 @@ fn classify(answer: &Answer, counted: usize) -> Result<Sent, SendError> {
 
 #[async_trait]
 impl Integration for Sms {
-    fn name(&self) -> &'static str {
-        "sms"
-    }
+    type Settings = SmsSettings;
 
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    fn validate(&self, value: &Value, ctx: &ValidateContext<'_>) -> Result<(), String> {
-        gateway(&ctx.settings.sms)?;
-        let s: Settings = parse_settings(value)?;
-        if !is_e164(&s.to) {
-            return Err(format!(
-                "settings.to {:?} is not an E.164 number such as +14155550100",
-                s.to
-            ));
-        }
-        Ok(())
+    fn validate(&self, _s: &SmsSettings, ctx: &ValidateContext<'_>) -> Result<(), String> {
+        gateway(&ctx.settings.sms).map(drop)
     }
 
     async fn send(
         &self,
         ctx: &SendContext,
-        value: &Value,
+        s: &SmsSettings,
         payload: &WebhookPayload,
     ) -> Result<Sent, SendError> {
         let gw = gateway(&ctx.settings.sms).map_err(|e| SendError::permanent(Reason::Other, e))?;
-        let s: Settings =
-            parse_settings(value).map_err(|e| SendError::permanent(Reason::Other, e))?;
         let text = body(payload);
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Messages.json",
@@ -218,14 +187,6 @@ impl Integration for Sms {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn numbers() {
-        assert!(is_e164("+14155550100"));
-        assert!(!is_e164("14155550100"));
-        assert!(!is_e164("+0123"));
-        assert!(!is_e164("+1 415 555"));
-    }
 
     #[test]
     fn segment_counts() {

@@ -7,14 +7,13 @@
 //! the Alertmanager payload to a relay instead; it is billed as telegram too.
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 
 use super::http::{self, Answer};
 use super::webhook::{post_payload, Auth};
-use super::{
-    parse_settings, template, Integration, Reason, SendContext, SendError, Sent, ValidateContext,
-};
+use super::{template, Integration, Reason, SendContext, SendError, Sent, ValidateContext};
+use crate::domain::settings::{ParseMode, TelegramSettings, TelegramTarget};
 use crate::domain::WebhookPayload;
 
 pub struct Telegram;
@@ -23,66 +22,10 @@ pub struct Telegram;
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 const DEFAULT_API_URL: &str = "https://api.telegram.org";
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(untagged)]
-enum ChatId {
-    Id(i64),
-    Name(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    #[serde(default)]
-    bot_token: Option<String>,
-    #[serde(default)]
-    chat_id: Option<ChatId>,
-    #[serde(default)]
-    api_url: Option<String>,
-    #[serde(default)]
-    parse_mode: Option<String>,
-    #[serde(default)]
-    message_thread_id: Option<i64>,
-    #[serde(default)]
-    disable_notifications: bool,
-    /// A relay that accepts the Alertmanager payload, instead of the Bot API.
-    #[serde(default)]
-    webhook_url: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum ParseMode {
-    Html,
-    MarkdownV2,
-    Markdown,
-    Plain,
-}
-
 impl ParseMode {
-    fn parse(s: Option<&str>) -> Result<Self, String> {
-        match s.unwrap_or("HTML") {
-            "HTML" => Ok(ParseMode::Html),
-            "MarkdownV2" => Ok(ParseMode::MarkdownV2),
-            "Markdown" => Ok(ParseMode::Markdown),
-            "" => Ok(ParseMode::Plain),
-            other => Err(format!(
-                "settings.parse_mode {other:?} is not one of \"HTML\", \"MarkdownV2\", \"Markdown\" or \"\""
-            )),
-        }
-    }
-
-    fn api_name(self) -> Option<&'static str> {
-        match self {
-            ParseMode::Html => Some("HTML"),
-            ParseMode::MarkdownV2 => Some("MarkdownV2"),
-            ParseMode::Markdown => Some("Markdown"),
-            ParseMode::Plain => None,
-        }
-    }
-
     fn escape(self, text: &str) -> String {
         let specials: &[char] = match self {
-            ParseMode::Html => return template::html_escape(text),
+            ParseMode::Html => return crate::html::html_escape(text),
             ParseMode::Plain => return text.to_owned(),
             ParseMode::MarkdownV2 => &[
                 '\\', '_', '*', '[', ']', '(', ')', '~', '`', '>', '#', '+', '-', '=', '|', '{',
@@ -106,7 +49,7 @@ impl ParseMode {
             return text.to_owned();
         }
         match self {
-            ParseMode::Html => template::truncate_html(text, max),
+            ParseMode::Html => crate::html::truncate_html(text, max),
             ParseMode::Plain => text.chars().take(max - 1).chain(['…']).collect(),
             ParseMode::MarkdownV2 | ParseMode::Markdown => {
                 let mut out: String = text.chars().take(max - 2).collect();
@@ -124,25 +67,9 @@ impl ParseMode {
 }
 
 /// The message text for `p` in `mode`, within Telegram's limit.
-pub fn message_text(p: &WebhookPayload, parse_mode: Option<&str>) -> Result<String, String> {
-    let mode = ParseMode::parse(parse_mode)?;
+pub fn message_text(p: &WebhookPayload, mode: ParseMode) -> String {
     let text = template::firing_and_resolved(p);
-    Ok(mode.truncate(&mode.escape(text.trim_end()), MAX_MESSAGE_CHARS))
-}
-
-fn settings(value: &Value) -> Result<Settings, String> {
-    let s: Settings = parse_settings(value)?;
-    ParseMode::parse(s.parse_mode.as_deref())?;
-    match (&s.webhook_url, &s.bot_token, &s.chat_id) {
-        (Some(_), None, None) => Ok(s),
-        (Some(_), _, _) => {
-            Err("settings: webhook_url (the relay form) goes without bot_token and chat_id".into())
-        }
-        (None, Some(token), Some(_)) if !token.is_empty() => Ok(s),
-        _ => {
-            Err("settings: bot_token and chat_id are required (or webhook_url for a relay)".into())
-        }
-    }
+    mode.truncate(&mode.escape(text.trim_end()), MAX_MESSAGE_CHARS)
 }
 
 /// Telegram's answer body: `{"ok": false, "error_code": 429, "description": "...",
@@ -201,67 +128,43 @@ fn classify(answer: &Answer) -> Result<Sent, SendError> {
 
 #[async_trait]
 impl Integration for Telegram {
-    fn name(&self) -> &'static str {
-        "telegram"
-    }
+    type Settings = TelegramSettings;
 
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &["bot_token", "webhook_url"]
-    }
-
-    fn validate(&self, value: &Value, ctx: &ValidateContext<'_>) -> Result<(), String> {
-        let s = settings(value)?;
+    fn validate(&self, s: &TelegramSettings, ctx: &ValidateContext<'_>) -> Result<(), String> {
         if let Some(url) = &s.webhook_url {
-            ctx.url("webhook_url", url)?;
+            ctx.url("webhook_url", url.expose())?;
         }
         if let Some(url) = &s.api_url {
             ctx.url("api_url", url)?;
         }
-        if let Some(ChatId::Name(name)) = &s.chat_id {
-            if !name.starts_with('@') && name.parse::<i64>().is_err() {
-                return Err(format!(
-                    "settings.chat_id {name:?} is neither a number nor an @channel name"
-                ));
-            }
-        }
         Ok(())
     }
 
-    fn destination(&self, value: &Value) -> Option<String> {
-        let s: Settings = parse_settings(value).ok()?;
-        if let Some(relay) = &s.webhook_url {
-            return Some(super::destination_key("telegram-relay", &[relay]));
-        }
-        let chat = match s.chat_id? {
-            ChatId::Id(id) => id.to_string(),
-            ChatId::Name(name) => name,
-        };
-        Some(super::destination_key(
-            "telegram",
-            &[s.bot_token.as_deref()?, &chat],
-        ))
+    fn destination(&self, s: &TelegramSettings) -> Option<String> {
+        Some(match s.target() {
+            TelegramTarget::Relay(relay) => {
+                super::destination_key("telegram-relay", &[relay.expose()])
+            }
+            TelegramTarget::Bot { token, chat_id } => {
+                super::destination_key("telegram", &[token.expose(), &chat_id.to_string()])
+            }
+        })
     }
 
     async fn send(
         &self,
         ctx: &SendContext,
-        value: &Value,
+        s: &TelegramSettings,
         payload: &WebhookPayload,
     ) -> Result<Sent, SendError> {
-        let s = settings(value).map_err(|e| SendError::permanent(Reason::Other, e))?;
-        if let Some(relay) = &s.webhook_url {
-            return post_payload(ctx, relay, payload, Auth::None).await;
-        }
-        let (Some(token), Some(chat_id)) = (&s.bot_token, &s.chat_id) else {
-            return Err(SendError::permanent(
-                Reason::Other,
-                "bot_token and chat_id are required",
-            ));
+        let (token, chat_id) = match s.target() {
+            TelegramTarget::Relay(relay) => {
+                return post_payload(ctx, relay.expose(), payload, Auth::None).await
+            }
+            TelegramTarget::Bot { token, chat_id } => (token, chat_id),
         };
-        let mode = ParseMode::parse(s.parse_mode.as_deref())
-            .map_err(|e| SendError::permanent(Reason::Other, e))?;
-        let text = message_text(payload, s.parse_mode.as_deref())
-            .map_err(|e| SendError::permanent(Reason::Other, e))?;
+        let mode = s.parse_mode();
+        let text = message_text(payload, mode);
         // Bot tokens hold a colon: build the path by hand, not with Url::join
         // (which would read `123:` as a scheme).
         let base = s
@@ -270,7 +173,7 @@ impl Integration for Telegram {
             .unwrap_or(DEFAULT_API_URL)
             .trim_end_matches('/');
         let url = ctx
-            .checked_url(&format!("{base}/bot{token}/sendMessage"))
+            .checked_url(&format!("{base}/bot{}/sendMessage", token.expose()))
             .await?;
         let mut body = json!({
             "chat_id": chat_id,
@@ -308,18 +211,6 @@ mod tests {
             body.chars().rev().take_while(|c| *c == '\\').count() % 2,
             0,
             "no dangling escape"
-        );
-    }
-
-    #[test]
-    fn settings_forms() {
-        assert!(settings(&json!({"bot_token": "1:x", "chat_id": -100})).is_ok());
-        assert!(settings(&json!({"bot_token": "1:x", "chat_id": "@ops"})).is_ok());
-        assert!(settings(&json!({"webhook_url": "https://relay/x"})).is_ok());
-        assert!(settings(&json!({"bot_token": "1:x"})).is_err());
-        assert!(settings(&json!({"webhook_url": "https://relay/x", "bot_token": "1:x"})).is_err());
-        assert!(
-            settings(&json!({"bot_token": "1:x", "chat_id": 1, "parse_mode": "BBCode"})).is_err()
         );
     }
 }

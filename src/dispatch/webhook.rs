@@ -3,38 +3,12 @@
 
 use std::borrow::Cow;
 
-use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::Value;
-
-use super::{
-    http, parse_settings, Integration, Reason, SendContext, SendError, Sent, ValidateContext,
-};
+use super::{http, Integration, SendContext, SendError, Sent, ValidateContext};
+use crate::domain::settings::WebhookSettings;
 use crate::domain::WebhookPayload;
+use async_trait::async_trait;
 
 pub struct Webhook;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BasicAuth {
-    username: String,
-    #[serde(default)]
-    password: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    url: String,
-    #[serde(default)]
-    bearer_token: Option<String>,
-    #[serde(default)]
-    basic_auth: Option<BasicAuth>,
-    /// At most this many alerts per message (0: all); the rest are counted in
-    /// `truncatedAlerts`, as Alertmanager does.
-    #[serde(default)]
-    max_alerts: usize,
-}
 
 /// The payload to send: at most `max_alerts` alerts, the rest counted.
 fn truncate(payload: &WebhookPayload, max_alerts: usize) -> Cow<'_, WebhookPayload> {
@@ -72,41 +46,27 @@ pub(crate) async fn post_payload(
 
 #[async_trait]
 impl Integration for Webhook {
-    fn name(&self) -> &'static str {
-        "webhook"
+    type Settings = WebhookSettings;
+
+    fn validate(&self, s: &WebhookSettings, ctx: &ValidateContext<'_>) -> Result<(), String> {
+        ctx.url("url", s.url.expose())
     }
 
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &["url", "bearer_token", "basic_auth.password"]
-    }
-
-    fn validate(&self, settings: &Value, ctx: &ValidateContext<'_>) -> Result<(), String> {
-        let s: Settings = parse_settings(settings)?;
-        ctx.url("url", &s.url)?;
-        if s.bearer_token.is_some() && s.basic_auth.is_some() {
-            return Err("settings: bearer_token and basic_auth are mutually exclusive".into());
-        }
-        Ok(())
-    }
-
-    fn destination(&self, settings: &Value) -> Option<String> {
-        let s: Settings = parse_settings(settings).ok()?;
-        Some(super::destination_key("webhook", &[&s.url]))
+    fn destination(&self, s: &WebhookSettings) -> Option<String> {
+        Some(super::destination_key("webhook", &[s.url.expose()]))
     }
 
     async fn send(
         &self,
         ctx: &SendContext,
-        settings: &Value,
+        s: &WebhookSettings,
         payload: &WebhookPayload,
     ) -> Result<Sent, SendError> {
-        let s: Settings =
-            parse_settings(settings).map_err(|e| SendError::permanent(Reason::Other, e))?;
         let auth = match (&s.bearer_token, &s.basic_auth) {
-            (Some(token), _) => Auth::Bearer(token),
-            (None, Some(b)) => Auth::Basic(&b.username, &b.password),
+            (Some(token), _) => Auth::Bearer(token.expose()),
+            (None, Some(b)) => Auth::Basic(&b.username, b.password.expose()),
             (None, None) => Auth::None,
         };
-        post_payload(ctx, &s.url, &truncate(payload, s.max_alerts), auth).await
+        post_payload(ctx, s.url.expose(), &truncate(payload, s.max_alerts), auth).await
     }
 }

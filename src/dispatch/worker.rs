@@ -10,17 +10,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 use super::limits::PlanLimits;
 use super::pace::Pacer;
 use super::retry::RetryPolicy;
-use super::{Integration, Reason, Registry, SendContext, SendError, Sent};
-use crate::clock::{duration_ms, now_ms};
-use crate::config::{DispatchSettings, LimitSettings};
-use crate::domain::{ChannelSpec, WebhookPayload};
-use crate::metering::Metrics;
-use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store};
+use super::{Reason, Registry, SendContext, SendError, Sent};
+use crate::clock::{duration_ms, Clock};
+use crate::config::{DispatchSettings, Settings};
+use crate::domain::{AttemptResult, ChannelSettings, WebhookPayload};
+use crate::metering::{Final, Metrics};
+use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store, StoreError};
 
 pub struct Dispatcher {
     store: Arc<Store>,
@@ -34,6 +34,8 @@ pub struct Dispatcher {
     in_flight: Mutex<HashSet<i64>>,
     pacer: Pacer,
     limits: PlanLimits,
+    /// Due times, leases, pacing and plan limits are read from it.
+    clock: Clock,
 }
 
 /// What became of one claimed message this round.
@@ -50,10 +52,9 @@ enum Step {
     },
 }
 
-/// A message ready to send: its integration, settings and payload.
+/// A message ready to send: its channel's settings and its payload.
 struct Prepared {
-    integration: Arc<dyn Integration>,
-    settings: serde_json::Value,
+    settings: ChannelSettings,
     payload: WebhookPayload,
 }
 
@@ -64,15 +65,17 @@ struct Finished {
 }
 
 impl Dispatcher {
+    /// A dispatcher working by `settings`' `[dispatch]` and `[limits]`.
     pub fn new(
         store: Arc<Store>,
         registry: Registry,
         ctx: Arc<SendContext>,
-        settings: DispatchSettings,
-        limits: LimitSettings,
+        settings: &Settings,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
+        clock: Clock,
     ) -> Self {
+        let (settings, limits) = (settings.dispatch.clone(), settings.limits.clone());
         Self {
             store,
             registry,
@@ -85,6 +88,7 @@ impl Dispatcher {
             in_flight: Mutex::new(HashSet::new()),
             pacer: Pacer::default(),
             limits: PlanLimits::new(limits),
+            clock,
         }
     }
 
@@ -110,7 +114,7 @@ impl Dispatcher {
                 }
             }
             let limit = free.min(self.settings.batch_size) as i64;
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let lease_until = now + duration_ms(self.settings.lease);
             match self.store.claim(&self.owner, now, lease_until, limit).await {
                 Ok(batch) if !batch.is_empty() => {
@@ -171,18 +175,45 @@ impl Dispatcher {
         info!("dispatcher stopped");
     }
 
+    /// Works off what is due now, on the caller's task, until a claim finds
+    /// nothing (Zero To Production's `try_execute_task`, for tests): each
+    /// message goes through what the workers of [`Dispatcher::run`] do with
+    /// it (plan limit, pacing, the integration's send, the record, the
+    /// metrics), one at a time. Returns how many messages it claimed; those
+    /// put back for later (a retry, pacing) count too, and are due again only
+    /// when the clock says so. Safe while `run` works the same outbox: the
+    /// store's leases keep the two from taking the same message.
+    pub async fn drain_outbox(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut processed = 0;
+        loop {
+            let now = self.clock.now_ms();
+            let lease_until = now + duration_ms(self.settings.lease);
+            let limit = self.settings.batch_size.max(1) as i64;
+            let batch = self
+                .store
+                .claim(&self.owner, now, lease_until, limit)
+                .await?;
+            if batch.is_empty() {
+                return Ok(processed);
+            }
+            processed += batch.len();
+            // The workers' recorder, for this batch alone: it is stored and
+            // counted before the next claim, which may then find the next
+            // message of a group.
+            let (tx, rx) = mpsc::channel::<Finished>(batch.len());
+            let recorder = tokio::spawn(self.clone().record_loop(rx));
+            for msg in batch {
+                self.in_flight().insert(msg.id);
+                let finished = self.deliver(msg).await;
+                let _ = tx.send(finished).await;
+            }
+            drop(tx);
+            let _ = recorder.await;
+        }
+    }
+
     /// Loads what a send needs; failures here are permanent, but for a store error.
     async fn prepare(&self, msg: &ClaimedMessage) -> Result<Prepared, SendError> {
-        let integration = self
-            .registry
-            .get(&msg.integration)
-            .cloned()
-            .ok_or_else(|| {
-                SendError::permanent(
-                    Reason::Other,
-                    format!("unknown integration {:?}", msg.integration),
-                )
-            })?;
         let channel = self
             .store
             .get_channel(&msg.user_id, &msg.channel_id)
@@ -195,10 +226,7 @@ impl Dispatcher {
                 detail: format!("loading the channel failed: {e}"),
             })?
             .ok_or_else(|| SendError::permanent(Reason::Other, "the channel was deleted"))?;
-        let spec: ChannelSpec = serde_json::from_str(&channel.spec).map_err(|e| {
-            SendError::permanent(Reason::Other, format!("stored channel is corrupt: {e}"))
-        })?;
-        if !spec.enabled {
+        if !channel.enabled {
             return Err(SendError::permanent(
                 Reason::Other,
                 "the channel was disabled",
@@ -208,8 +236,7 @@ impl Dispatcher {
             SendError::permanent(Reason::Other, format!("stored message is corrupt: {e}"))
         })?;
         Ok(Prepared {
-            integration,
-            settings: spec.settings,
+            settings: channel.settings,
             payload,
         })
     }
@@ -220,14 +247,15 @@ impl Dispatcher {
             Ok(p) => p,
             Err(e) => return Step::Failed(e),
         };
-        let now = Instant::now();
+        let kind = p.settings.kind();
+        let now = self.clock.instant();
         if msg.attempts == 0 && !msg.paced {
-            if let Err(limit) = self.limits.admit(&msg.user_id, &msg.integration, now) {
-                return Step::OverLimit(self.limits.describe(limit, &msg.integration));
+            if let Err(limit) = self.limits.admit(&msg.user_id, kind, now) {
+                return Step::OverLimit(self.limits.describe(limit, kind));
             }
         }
-        let destination = p.integration.destination(&p.settings);
-        let pace = self.settings.pace_for(&msg.integration);
+        let destination = self.registry.destination(&p.settings);
+        let pace = self.settings.pace_for(kind);
         // With a pace, the slot is reserved for this message; with none, only a
         // destination's own "wait" (a 429's hint) defers it, and it checks again.
         if let (Some(key), false) = (&destination, msg.paced) {
@@ -235,7 +263,7 @@ impl Dispatcher {
             let wait = slot.saturating_duration_since(now);
             if wait > Duration::from_millis(5) {
                 return Step::Deferred {
-                    due_at: now_ms() + duration_ms(wait),
+                    due_at: self.clock.now_ms() + duration_ms(wait),
                     paced: !pace.is_zero(),
                 };
             }
@@ -251,7 +279,7 @@ impl Dispatcher {
                 None => {
                     let wait = rand::random_range(800..1200);
                     return Step::Deferred {
-                        due_at: now_ms() + wait,
+                        due_at: self.clock.now_ms() + wait,
                         paced: msg.paced || !pace.is_zero(),
                     };
                 }
@@ -260,7 +288,7 @@ impl Dispatcher {
         };
         let sent = tokio::time::timeout(
             self.settings.send_timeout,
-            p.integration.send(&self.ctx, &p.settings, &p.payload),
+            self.registry.send(&self.ctx, &p.settings, &p.payload),
         )
         .await;
         match sent {
@@ -268,8 +296,10 @@ impl Dispatcher {
             Ok(Err(e)) => {
                 if let (Some(key), Some(hint)) = (&destination, e.retry_after) {
                     // The destination asked everyone to wait, not just this message.
-                    self.pacer
-                        .hold(key, Instant::now() + hint.min(self.policy.max_retry_after));
+                    self.pacer.hold(
+                        key,
+                        self.clock.instant() + hint.min(self.policy.max_retry_after),
+                    );
                 }
                 Step::Failed(e)
             }
@@ -283,33 +313,41 @@ impl Dispatcher {
         }
     }
 
+    #[instrument(skip_all, fields(
+        message_id = msg.id,
+        user_id = %msg.user_id,
+        integration = %msg.integration,
+        attempt = msg.attempts + 1,
+    ))]
     async fn deliver(&self, msg: ClaimedMessage) -> Finished {
-        let started_at = now_ms();
-        let clock = Instant::now();
+        let started_at = self.clock.now_ms();
+        let timer = Instant::now();
         let step = self.step(&msg).await;
-        let finished_at = now_ms();
+        let finished_at = self.clock.now_ms();
         let attempt = msg.attempts + 1;
         let mut attempted = true;
         let mut segments = None;
-        let (outcome, result_label, status_code, error) = match step {
+        let (outcome, result, status_code, error) = match step {
             Step::Sent(sent) => {
                 segments = sent.segments;
-                (Outcome::Delivered, "success".to_owned(), sent.status, None)
+                (
+                    Outcome::Delivered,
+                    Some(AttemptResult::Success),
+                    sent.status,
+                    None,
+                )
             }
             Step::Deferred { due_at, paced } => {
                 attempted = false;
-                debug!(
-                    message_id = msg.id,
-                    due_at, paced, "deferred: destination paced or busy"
-                );
-                (Outcome::Defer { due_at, paced }, String::new(), None, None)
+                debug!(due_at, paced, "deferred: destination paced or busy");
+                (Outcome::Defer { due_at, paced }, None, None, None)
             }
             Step::OverLimit(why) => {
                 attempted = false;
-                warn!(message_id = msg.id, user_id = %msg.user_id, integration = %msg.integration, "{why}");
+                warn!("{why}");
                 (
                     Outcome::Failed,
-                    Reason::RateLimited.as_str().to_owned(),
+                    Some(AttemptResult::Failed(Reason::RateLimited)),
                     None,
                     Some(why),
                 )
@@ -327,13 +365,12 @@ impl Dispatcher {
                     None => Outcome::Failed,
                 };
                 warn!(
-                    message_id = msg.id, user_id = %msg.user_id, channel_id = %msg.channel_id,
-                    integration = %msg.integration, attempt, reason = %e.reason, status = e.status,
+                    channel_id = %msg.channel_id, reason = %e.reason, status = e.status,
                     error = %e.detail, final = outcome == Outcome::Failed, "delivery attempt failed"
                 );
                 (
                     outcome,
-                    e.reason.as_str().to_owned(),
+                    Some(AttemptResult::Failed(e.reason)),
                     e.status,
                     Some(e.detail),
                 )
@@ -347,8 +384,8 @@ impl Dispatcher {
                 integration: msg.integration,
                 attempt,
                 started_at,
-                duration_ms: clock.elapsed().as_millis() as i64,
-                result: result_label,
+                duration_ms: timer.elapsed().as_millis() as i64,
+                result,
                 status_code: status_code.map(i64::from),
                 error,
                 segments,
@@ -410,35 +447,29 @@ impl Dispatcher {
             );
             return;
         }
-        if r.attempted {
+        if let (true, Some(result)) = (r.attempted, r.result) {
             self.metrics
-                .delivery_attempts
-                .with_label_values(&[r.integration.as_str(), r.result.as_str()])
-                .inc();
+                .attempt_recorded(r.message_id, r.integration, result);
         }
         let outcome = match (recorded, r.outcome) {
             (Recorded::Superseded, _) => {
-                debug!(
-                    message_id = r.message_id,
-                    "superseded by a newer message of its group"
-                );
-                self.metrics.superseded(&r.user_id, &r.integration);
+                self.metrics
+                    .message_superseded(r.message_id, &r.user_id, r.integration);
                 return;
             }
-            (_, Outcome::Delivered) => "delivered",
-            (_, Outcome::Failed) => "failed",
+            (_, Outcome::Delivered) => Final::Delivered,
+            (_, Outcome::Failed) => Final::Failed,
             (_, Outcome::Retry { .. } | Outcome::Defer { .. }) => return,
         };
-        let user = self.metrics.user_label(&r.user_id);
-        self.metrics
-            .notifications
-            .with_label_values(&[user, r.integration.as_str(), outcome])
-            .inc();
-        self.metrics
-            .delivery_latency
-            .with_label_values(&[r.integration.as_str()])
-            .observe((r.finished_at - f.accepted_at).max(0) as f64 / 1000.0);
-        debug!(message_id = r.message_id, user_id = %r.user_id, outcome, "message final");
+        let accepted_to_final =
+            Duration::from_millis((r.finished_at - f.accepted_at).max(0) as u64);
+        self.metrics.message_final(
+            r.message_id,
+            &r.user_id,
+            r.integration,
+            outcome,
+            accepted_to_final,
+        );
     }
 }
 

@@ -4,7 +4,8 @@ use super::matcher::is_label_name;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ChannelId, Matchers, UserId};
+use super::{ChannelId, ChannelSettings, IntegrationKind, Matchers, UserId};
+use crate::clock::Millis;
 
 fn yes() -> bool {
     true
@@ -35,11 +36,44 @@ pub struct ChannelSpec {
     pub repeat_interval: Option<String>,
 }
 
-impl ChannelSpec {
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// How Alertmanager groups a channel's alerts, when the channel says (rendered
+/// into its own route).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RouteTiming {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_wait: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_interval: Option<String>,
+}
+
+/// A channel, parsed: what the store keeps and returns, ready to route,
+/// render and send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Channel {
+    pub user_id: UserId,
+    pub channel_id: ChannelId,
+    pub settings: ChannelSettings,
+    pub matchers: Matchers,
+    pub send_resolved: bool,
+    pub enabled: bool,
+    pub timing: RouteTiming,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl RouteTiming {
     /// Checks the optional timing: Alertmanager durations, label names, and a
     /// `repeat_interval` longer than the dedupe window (a legitimate repeat is
     /// byte-identical, so a shorter one would look like a duplicate).
-    pub fn check_timing(&self, dedupe_window: std::time::Duration) -> Result<(), String> {
+    pub fn check(&self, dedupe_window: std::time::Duration) -> Result<(), String> {
         for (name, value) in [
             ("group_wait", &self.group_wait),
             ("group_interval", &self.group_interval),
@@ -66,15 +100,63 @@ impl ChannelSpec {
     }
 }
 
-fn empty_object() -> Value {
-    Value::Object(Default::default())
-}
+impl Channel {
+    /// Parses a channel body: its type, its settings and its matchers (in
+    /// Alertmanager's normal form). Times are the caller's to set.
+    pub fn parse(
+        user_id: UserId,
+        channel_id: ChannelId,
+        spec: ChannelSpec,
+    ) -> Result<Self, String> {
+        let kind: IntegrationKind = spec.kind.parse().map_err(|_| {
+            format!(
+                "unknown channel type {:?}; known types: {}",
+                spec.kind,
+                IntegrationKind::known()
+            )
+        })?;
+        Ok(Channel {
+            user_id,
+            channel_id,
+            settings: ChannelSettings::parse(kind, &spec.settings)?,
+            matchers: Matchers::parse_all(&spec.matchers)?,
+            send_resolved: spec.send_resolved,
+            enabled: spec.enabled,
+            timing: RouteTiming {
+                group_by: spec.group_by,
+                group_wait: spec.group_wait,
+                group_interval: spec.group_interval,
+                repeat_interval: spec.repeat_interval,
+            },
+            created_at: 0,
+            updated_at: 0,
+        })
+    }
 
-/// A stored channel, parsed and ready to route and send.
-#[derive(Clone, Debug)]
-pub struct Channel {
-    pub user_id: UserId,
-    pub channel_id: ChannelId,
-    pub spec: ChannelSpec,
-    pub matchers: Matchers,
+    pub fn kind(&self) -> IntegrationKind {
+        self.settings.kind()
+    }
+
+    /// The channel as a body again. Secrets show as the placeholder, unless
+    /// serialised inside [`super::secret::exposing`] (the store).
+    pub fn spec(&self) -> ChannelSpec {
+        ChannelSpec {
+            kind: self.kind().as_str().to_owned(),
+            settings: serde_json::to_value(&self.settings).unwrap_or_else(|_| empty_object()),
+            matchers: self.matchers.to_strings(),
+            send_resolved: self.send_resolved,
+            enabled: self.enabled,
+            group_by: self.timing.group_by.clone(),
+            group_wait: self.timing.group_wait.clone(),
+            group_interval: self.timing.group_interval.clone(),
+            repeat_interval: self.timing.repeat_interval.clone(),
+        }
+    }
+
+    /// The body the store keeps: secrets included.
+    pub fn stored_spec(&self) -> String {
+        super::secret::exposing(|| {
+            serde_json::to_string(&self.spec()).expect("a channel body serialises")
+        })
+    }
 }

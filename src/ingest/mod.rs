@@ -7,7 +7,7 @@
 //! parsed, the alerts once the messages are built), and at most
 //! `max_concurrent_ingests` requests get that far at a time.
 
-pub mod route;
+pub mod attribution;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,14 +22,15 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{info, instrument};
+use tracing::{instrument, Instrument};
 
-use crate::app::AppState;
 use crate::auth::{authorize, Role};
-use crate::clock::{duration_ms, now_ms};
+use crate::clock::duration_ms;
 use crate::config::Settings;
 use crate::domain::alert::{dedupe_key, Envelope};
+use crate::domain::UndeliverableReason;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::{self, Enqueued, IngestBatch, StoreError};
 
 /// The bound on webhook requests handled at once (`max_concurrent_ingests`).
@@ -72,7 +73,7 @@ pub async fn limit(State(limit): State<IngestLimit>, mut request: Request, next:
 #[derive(Clone)]
 pub struct IngestTurn(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
-#[instrument(skip_all, fields(receiver))]
+#[instrument(skip_all, fields(receiver, group_key, alerts))]
 pub async fn alertmanager(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -118,18 +119,21 @@ async fn handle(
     })?;
     let mut envelope = parse_envelope(&body)?;
     drop(body);
-    tracing::Span::current().record("receiver", envelope.receiver.as_str());
     let alerts = std::mem::take(&mut envelope.alerts);
     let received = alerts.len();
+    tracing::Span::current()
+        .record("receiver", envelope.receiver.as_str())
+        .record("group_key", envelope.group_key.as_str())
+        .record("alerts", received);
     let key = dedupe_key(&envelope, &alerts);
     let deadline = tokio::time::Instant::now() + state.settings.store_timeout;
     // Consumes the alerts: only the messages' payloads are left after it.
     let plan = store::within(
         state.settings.store_timeout,
-        route::plan(&state.store, &envelope, alerts),
+        attribution::plan(&state.store, &envelope, alerts),
     )
     .await?;
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let batch = IngestBatch {
         dedupe_key: key,
         now,
@@ -139,7 +143,7 @@ async fn handle(
     };
     let (messages, undeliverable) = (batch.messages.len(), batch.undeliverable.len());
     let (begun, store_began) = tokio::sync::oneshot::channel();
-    let mut stored = store_and_count(state.clone(), batch, plan.received, received, turn, begun);
+    let mut stored = store_and_count(state.clone(), batch, plan.received, turn, begun);
     let stored_now = |joined: Result<Result<Enqueued, StoreError>, tokio::task::JoinError>| {
         joined.map_err(|e| StoreError::Interrupted(e.to_string()))?
     };
@@ -167,48 +171,31 @@ async fn handle(
 
 /// Stores the batch and counts what was stored, on a task of its own: a
 /// request given up on (it timed out, its client hung up) still counts what
-/// its write stored, and keeps its ingest turn until the write ends.
+/// its write stored, and keeps its ingest turn until the write ends. The
+/// task logs within the request's span.
 fn store_and_count(
     state: AppState,
     batch: IngestBatch,
     received_by_user: BTreeMap<String, u64>,
-    received: usize,
     turn: Option<IngestTurn>,
     begun: tokio::sync::oneshot::Sender<()>,
 ) -> tokio::task::JoinHandle<Result<Enqueued, StoreError>> {
-    let undeliverable: Vec<&'static str> = batch.undeliverable.iter().map(|u| u.reason).collect();
+    let undeliverable: Vec<UndeliverableReason> =
+        batch.undeliverable.iter().map(|u| u.reason).collect();
     let messages = batch.messages.len();
-    tokio::spawn(async move {
+    let task = async move {
         let stored = state.store.enqueue_telling(batch, Some(begun)).await?;
         drop(turn);
         let metrics = &state.metrics;
         match &stored {
-            Enqueued::Duplicate => {
-                metrics.duplicates.inc();
-                info!(alerts = received, "duplicate notification ignored");
-            }
+            Enqueued::Duplicate => metrics.duplicate(),
             Enqueued::Accepted { superseded } => {
-                for s in superseded {
-                    metrics.superseded(&s.user_id, &s.integration);
-                }
-                if !superseded.is_empty() {
-                    info!(
-                        messages = superseded.len(),
-                        "older messages of the group superseded before they were sent"
-                    );
-                }
+                metrics.superseded_on_enqueue(superseded);
                 for (user, n) in &received_by_user {
-                    let label = metrics.user_label(user);
-                    metrics
-                        .alerts_received
-                        .with_label_values(&[label])
-                        .inc_by(*n);
+                    metrics.alerts_received(user, *n);
                 }
-                for reason in &undeliverable {
-                    metrics
-                        .alerts_undeliverable
-                        .with_label_values(&[reason])
-                        .inc();
+                for reason in undeliverable {
+                    metrics.alert_undeliverable(reason);
                 }
                 if messages > 0 {
                     state.wake.notify_one();
@@ -216,5 +203,6 @@ fn store_and_count(
             }
         }
         Ok(stored)
-    })
+    };
+    tokio::spawn(task.in_current_span())
 }

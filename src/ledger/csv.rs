@@ -72,18 +72,17 @@ impl Pricing<'_> {
     /// (unit price, amount) of a row: billed messages × unit price, where
     /// failed ones are billed only with `bill_failed`. The product of a whole
     /// number and a decimal is exact: nothing is rounded. The amount is shown
-    /// at the unit price's scale (`0.0025` × 0 is `0.0000`).
+    /// at the unit price's scale (`0.0025` × 0 is `0.0000`). A closed row
+    /// without a frozen price (its integration was not among those priced at
+    /// close) is priced at 0; a stored price that does not parse never gets
+    /// here: the store refuses it as corrupt data.
     pub fn price(&self, row: &UsageRow) -> (Decimal, Decimal) {
         let (unit, bill_failed) = match self {
-            Pricing::Frozen { bill_failed, .. } => (
-                row.unit_price
-                    .as_deref()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(Decimal::ZERO),
-                *bill_failed,
-            ),
+            Pricing::Frozen { bill_failed, .. } => {
+                (row.unit_price.unwrap_or(Decimal::ZERO), *bill_failed)
+            }
             Pricing::Current(b) => (
-                b.unit_price_for(&row.user_id, &row.integration),
+                b.unit_price_for(&row.user_id, row.integration),
                 b.bill_failed,
             ),
         };
@@ -128,7 +127,7 @@ impl<'a, W: std::io::Write> LedgerWriter<'a, W> {
             &self.start,
             &self.end,
             formula_safe(&row.user_id).as_ref(),
-            formula_safe(&row.integration).as_ref(),
+            row.integration.as_str(),
             &row.delivered.to_string(),
             &row.failed.to_string(),
             &unit.to_string(),
@@ -182,10 +181,10 @@ pub fn write_item<W: std::io::Write>(
         &item.message_id.to_string(),
         &rfc3339(item.final_at),
         formula_safe(&item.user_id).as_ref(),
-        formula_safe(&item.integration).as_ref(),
+        item.integration.as_str(),
         formula_safe(&item.channel_id).as_ref(),
         formula_safe(&item.alertnames).as_ref(),
-        &item.outcome,
+        item.outcome.as_str(),
         &item.attempts.to_string(),
         formula_safe(item.last_reason.as_deref().unwrap_or("")).as_ref(),
     ])
@@ -194,14 +193,15 @@ pub fn write_item<W: std::io::Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::IntegrationKind;
 
     fn row(user: &str, delivered: i64, failed: i64, unit_price: Option<&str>) -> UsageRow {
         UsageRow {
             user_id: user.into(),
-            integration: "slack".into(),
+            integration: IntegrationKind::Slack,
             delivered,
             failed,
-            unit_price: unit_price.map(Into::into),
+            unit_price: unit_price.map(|p| p.parse().unwrap()),
         }
     }
 
@@ -213,7 +213,7 @@ mod tests {
         let mut billing = BillingSettings::default();
         billing
             .prices
-            .insert("slack".into(), "0.010".parse().unwrap());
+            .insert(IntegrationKind::Slack, "0.010".parse().unwrap());
         let period = Period {
             id: "20261101T000000Z".into(),
             user_id: None,
@@ -250,10 +250,12 @@ mod tests {
         );
         assert_eq!(frozen.price(&row("u", 2, 1, None)).1, Decimal::ZERO);
         let mut billing = BillingSettings::default();
-        billing.prices.insert("slack".into(), "1".parse().unwrap());
+        billing
+            .prices
+            .insert(IntegrationKind::Slack, "1".parse().unwrap());
         billing.user_prices.insert(
             "vip".into(),
-            [("slack".to_owned(), "0.25".parse().unwrap())].into(),
+            [(IntegrationKind::Slack, "0.25".parse().unwrap())].into(),
         );
         let current = Pricing::Current(&billing);
         assert_eq!(

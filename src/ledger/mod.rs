@@ -11,43 +11,29 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use tracing::{error, info, warn};
+use tracing::{error, info, instrument, warn};
 
 use crate::atomic::{self, AtomicFile};
-use crate::clock::{now_ms, Millis};
+use crate::clock::{Clock, Millis};
 use crate::config::Settings;
+use crate::domain::IntegrationKind;
 use crate::metering::Metrics;
 use crate::store::{Freeze, Period, Store};
 
 pub struct Ledger {
     pub store: Arc<Store>,
     pub settings: Arc<Settings>,
-    integrations: Vec<&'static str>,
     metrics: Option<Arc<Metrics>>,
-}
-
-/// A writer that hashes what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    /// When "now" is, for closes, settles, the schedule and retention.
+    pub clock: Clock,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The SHA-256 of a file, read in pieces.
+/// The SHA-256 of a file, read in pieces. Blocking: from async code, use
+/// [`sha256_file_off_runtime`].
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
@@ -55,18 +41,26 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// [`sha256_file`] on the blocking pool, so that reading and hashing a
+/// report does not hold up one of the runtime's worker threads.
+pub async fn sha256_file_off_runtime(path: PathBuf) -> std::io::Result<String> {
+    tokio::task::spawn_blocking(move || sha256_file(&path))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 impl Ledger {
     pub fn new(
         store: Arc<Store>,
         settings: Arc<Settings>,
-        integrations: Vec<&'static str>,
         metrics: Option<Arc<Metrics>>,
+        clock: Clock,
     ) -> Self {
         Self {
             store,
             settings,
-            integrations,
             metrics,
+            clock,
         }
     }
 
@@ -75,15 +69,14 @@ impl Ledger {
         Freeze {
             currency: b.currency.clone(),
             bill_failed: b.bill_failed,
-            prices: self
-                .integrations
-                .iter()
+            prices: IntegrationKind::ALL
+                .into_iter()
                 .map(|i| {
                     let price = match user {
                         Some(u) => b.unit_price_for(u, i),
                         None => b.unit_price(i),
                     };
-                    (i.to_string(), price.to_string())
+                    (i, price)
                 })
                 .collect(),
             user_prices: match user {
@@ -91,10 +84,7 @@ impl Ledger {
                 None => b
                     .user_prices
                     .iter()
-                    .flat_map(|(u, m)| {
-                        m.iter()
-                            .map(move |(i, p)| (u.clone(), i.clone(), p.to_string()))
-                    })
+                    .flat_map(|(u, m)| m.iter().map(move |(i, p)| (u.clone(), *i, *p)))
                     .collect(),
             },
         }
@@ -126,23 +116,23 @@ impl Ledger {
     }
 
     /// Writes a closed period's report and its `.sha256` (and records the
-    /// hash), streaming from the store into the file.
+    /// hash), streaming from the store into the file. The hash is of the
+    /// committed file, read back and hashed off the runtime's threads.
     pub async fn write_report(&self, period: &Period) -> anyhow::Result<String> {
         let path = self.report_path(&period.id);
         let mut file =
             AtomicFile::create(&path).with_context(|| format!("creating {}", path.display()))?;
         // The writer borrows the file only within this block.
-        let sha = {
-            let out = Hashing {
-                inner: std::io::BufWriter::new(file.file()),
-                hasher: Sha256::new(),
-            };
-            let Hashing { inner, hasher } = self.write_csv(period, out).await?;
-            inner.into_inner().map_err(|e| e.into_error())?;
-            hex::encode(hasher.finalize())
-        };
+        {
+            let out = std::io::BufWriter::new(file.file());
+            let out = self.write_csv(period, out).await?;
+            out.into_inner().map_err(|e| e.into_error())?;
+        }
         file.commit()
             .with_context(|| format!("writing {}", path.display()))?;
+        let sha = sha256_file_off_runtime(path.clone())
+            .await
+            .with_context(|| format!("hashing {}", path.display()))?;
         let line = format!("{sha}  {}.csv\n", period.id);
         atomic::write(&path.with_extension("csv.sha256"), line.as_bytes())?;
         self.store.set_report_sha256(&period.id, &sha).await?;
@@ -151,9 +141,9 @@ impl Ledger {
 
     /// The report file of a closed period, if it is there and matches its
     /// recorded SHA-256.
-    pub fn intact_report(&self, period: &Period) -> Option<PathBuf> {
+    pub async fn intact_report(&self, period: &Period) -> Option<PathBuf> {
         let path = self.report_path(&period.id);
-        let sha = sha256_file(&path).ok()?;
+        let sha = sha256_file_off_runtime(path.clone()).await.ok()?;
         (period.report_sha256.as_deref() == Some(sha.as_str())).then_some(path)
     }
 
@@ -165,7 +155,10 @@ impl Ledger {
                 continue;
             }
             let path = self.report_path(&p.id);
-            match (sha256_file(&path), &p.report_sha256) {
+            match (
+                sha256_file_off_runtime(path.clone()).await,
+                &p.report_sha256,
+            ) {
                 (Ok(actual), Some(sha)) if &actual == sha => {}
                 (Ok(_), Some(_)) => {
                     error!(period_id = %p.id, path = %path.display(), "report does not match its recorded SHA-256; left as it is")
@@ -179,47 +172,53 @@ impl Ledger {
         Ok(())
     }
 
-    fn count_close(&self, ok: bool) {
-        if let Some(m) = &self.metrics {
-            m.ledger_closes
-                .with_label_values(&[if ok { "success" } else { "error" }])
-                .inc();
-        }
+    /// Where the ledger's events are counted: the server's metrics, or (the
+    /// CLI) none, and then they are only logged.
+    fn metrics(&self) -> &Metrics {
+        self.metrics
+            .as_deref()
+            .unwrap_or_else(|| Metrics::detached())
     }
 
     /// Closes the open period at `boundary` and writes its report.
+    #[instrument(skip_all, fields(period_id))]
     pub async fn close_at(&self, boundary: Millis) -> anyhow::Result<Option<(Period, Period)>> {
         let result = self
             .store
-            .close_period(boundary, now_ms(), &self.freeze(None))
+            .close_period(boundary, self.clock.now_ms(), &self.freeze(None))
             .await;
         let mut closed = match result {
             Ok(Some(pair)) => pair,
             Ok(None) => return Ok(None),
             Err(e) => {
-                self.count_close(false);
+                self.metrics().ledger_close_failed();
                 return Err(e.into());
             }
         };
+        tracing::Span::current().record("period_id", closed.0.id.as_str());
         let written = self.write_report(&closed.0).await;
-        self.count_close(written.is_ok());
+        if written.is_err() {
+            self.metrics().ledger_close_failed();
+        }
         closed.0.report_sha256 = Some(written?);
-        info!(closed = %closed.0.id, opened = %closed.1.id, "billing period closed");
+        self.metrics().ledger_closed(&closed.1.id);
         Ok(Some(closed))
     }
 
     pub async fn close_now(&self) -> anyhow::Result<Option<(Period, Period)>> {
-        self.close_at(now_ms()).await
+        self.close_at(self.clock.now_ms()).await
     }
 
     /// Settles a user: closes their open statement now and writes its report.
+    #[instrument(skip_all, fields(user_id = %user_id, period_id))]
     pub async fn settle(&self, user_id: &str) -> anyhow::Result<Period> {
         let statement = self
             .store
-            .settle(user_id, now_ms(), &self.freeze(Some(user_id)))
+            .settle(user_id, self.clock.now_ms(), &self.freeze(Some(user_id)))
             .await?;
+        tracing::Span::current().record("period_id", statement.id.as_str());
         self.write_report(&statement).await?;
-        info!(user_id, statement = %statement.id, "user settled");
+        info!("user settled");
         Ok(statement)
     }
 }

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use super::csv::Pricing;
 use crate::clock::{rfc3339, Millis};
-use crate::dispatch::template::html_escape as e;
+use crate::html::html_escape as e;
 use crate::store::{Period, UsageRow};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}\
@@ -150,7 +150,7 @@ pub fn index(d: &PageData<'_>) -> String {
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{unit}</td><td class=\"n\">{amount}</td></tr>\n",
             e(&r.user_id),
-            e(&r.integration),
+            e(r.integration.as_str()),
             r.delivered,
             r.failed
         ));

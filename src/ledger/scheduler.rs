@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::Ledger;
-use crate::clock::{duration_ms, now_ms, Millis};
+use crate::clock::{duration_ms, Millis};
 
 /// The first boundary of `schedule` (read in `tz`) strictly after `start`.
 pub fn next_boundary(
@@ -26,18 +26,18 @@ pub fn next_boundary(
 }
 
 pub async fn run_closes(ledger: Arc<Ledger>, shutdown: CancellationToken) {
-    let billing = &ledger.settings.billing;
-    let (Ok(schedule), Ok(tz)) = (billing.parsed_schedule(), billing.parsed_timezone()) else {
-        error!("billing schedule or timezone invalid; periods will not close on schedule");
-        return;
-    };
+    let (schedule, tz) = (
+        &ledger.settings.billing.schedule,
+        &ledger.settings.billing.timezone,
+    );
+    let now_ms = || ledger.clock.now_ms();
     loop {
         let wait = match ledger.store.open_period().await {
             Err(e) => {
                 error!(error = ?anyhow::Error::from(e), "reading the open period failed");
                 Duration::from_secs(5)
             }
-            Ok(open) => match next_boundary(&schedule, &tz, open.start_at) {
+            Ok(open) => match next_boundary(schedule, tz, open.start_at) {
                 None => Duration::from_secs(3600),
                 Some(boundary) if boundary <= now_ms() => match ledger.close_at(boundary).await {
                     Ok(_) => continue,
@@ -54,13 +54,15 @@ pub async fn run_closes(ledger: Arc<Ledger>, shutdown: CancellationToken) {
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            // Woken early when a test moves the clock.
+            _ = ledger.clock.sleep(wait) => {}
         }
     }
 }
 
 pub async fn run_retention(ledger: Arc<Ledger>, shutdown: CancellationToken) {
     let r = ledger.settings.retention.clone();
+    let now_ms = || ledger.clock.now_ms();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -5,9 +5,10 @@
 //! store-derived gauges keep their last reading and `notimeter_store_up` is 0.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -18,20 +19,23 @@ use crate::store::{Store, StoreError, UsageRow};
 /// The label under which users beyond `max_user_series` are counted.
 pub const OTHER_USERS: &str = "_other";
 
+/// The registry and its series. The counters are written only by the event
+/// functions of [`super::events`], each of which also logs its event; the
+/// store-derived gauges only by [`Metrics::render`].
 pub struct Metrics {
     registry: Registry,
-    pub notifications: IntCounterVec,
-    pub alerts_received: IntCounterVec,
-    pub delivery_attempts: IntCounterVec,
-    pub delivery_latency: HistogramVec,
-    pub webhook_requests: IntCounterVec,
-    pub duplicates: IntCounter,
-    pub alerts_undeliverable: IntCounterVec,
-    pub ledger_closes: IntCounterVec,
-    pub render_total: IntCounterVec,
-    pub reload_total: IntCounterVec,
-    pub render_channels: IntGauge,
-    pub render_skipped: IntGauge,
+    pub(super) notifications: IntCounterVec,
+    pub(super) alerts_received: IntCounterVec,
+    pub(super) delivery_attempts: IntCounterVec,
+    pub(super) delivery_latency: HistogramVec,
+    pub(super) webhook_requests: IntCounterVec,
+    pub(super) duplicates: IntCounter,
+    pub(super) alerts_undeliverable: IntCounterVec,
+    pub(super) ledger_closes: IntCounterVec,
+    pub(super) render_total: IntCounterVec,
+    pub(super) reload_total: IntCounterVec,
+    pub(super) render_channels: IntGauge,
+    pub(super) render_skipped: IntGauge,
     outbox_pending: IntGauge,
     store_up: IntGauge,
     period_start: prometheus::Gauge,
@@ -40,166 +44,157 @@ pub struct Metrics {
     max_user_series: usize,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Registers `metric` (every name is unique and valid: a failure is a bug).
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = metric.expect("valid metric");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("unique metric");
-    c
+    metric
 }
 
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help))
+}
+
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 impl Metrics {
+    /// Every metric of DESIGN.md, registered. (A list, one entry a metric:
+    /// longer than most functions, and clearer in one piece.)
     pub fn new(max_user_series: usize) -> Self {
-        let registry = Registry::new();
-        let notifications = counter_vec(
-            &registry,
-            "notimeter_notifications_total",
-            "Messages whose outcome became final, by user, integration and outcome.",
-            &["user_id", "integration", "outcome"],
-        );
-        let alerts_received = counter_vec(
-            &registry,
-            "notimeter_alerts_received_total",
-            "Alerts received from Alertmanager, by the user they were attributed to.",
-            &["user_id"],
-        );
-        let delivery_attempts = counter_vec(
-            &registry,
-            "notimeter_delivery_attempts_total",
-            "Delivery attempts, by integration and result (success or a failure reason).",
-            &["integration", "result"],
-        );
-        let webhook_requests = counter_vec(
-            &registry,
-            "notimeter_webhook_requests_total",
-            "Requests to the Alertmanager webhook, by HTTP status code.",
-            &["code"],
-        );
-        let alerts_undeliverable = counter_vec(
-            &registry,
-            "notimeter_alerts_undeliverable_total",
-            "Alerts recorded as undeliverable (no matching channel, bad alert, ...), by reason.",
-            &["reason"],
-        );
-        let ledger_closes = counter_vec(
-            &registry,
-            "notimeter_ledger_closes_total",
-            "Billing period closes (scheduled or requested), by result.",
-            &["result"],
-        );
-        let render_total = counter_vec(
-            &registry,
-            "notimeter_render_total",
-            "Renders of Alertmanager's configuration, by result (published, unchanged, rejected, reload_failed, error).",
-            &["result"],
-        );
-        let reload_total = counter_vec(
-            &registry,
-            "notimeter_alertmanager_reload_total",
-            "Alertmanager reloads after a render, by result (success: confirmed through its /metrics).",
-            &["result"],
-        );
-        let render_channels = IntGauge::new(
-            "notimeter_render_channels",
-            "Channels in the last rendered Alertmanager configuration.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(render_channels.clone()))
-            .expect("unique metric");
-        let render_skipped = IntGauge::new(
-            "notimeter_render_skipped_channels",
-            "Channels left out of the last render because they cannot be rendered (see the log).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(render_skipped.clone()))
-            .expect("unique metric");
-        let period_start = prometheus::Gauge::new(
-            "notimeter_period_start_timestamp_seconds",
-            "When the open billing period started, in seconds since the Unix epoch.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(period_start.clone()))
-            .expect("unique metric");
-        let delivery_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "notimeter_delivery_latency_seconds",
-                "Time from acceptance to final outcome, by integration.",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-                3600.0,
-            ]),
-            &["integration"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(delivery_latency.clone()))
-            .expect("unique metric");
-        let duplicates = IntCounter::new(
-            "notimeter_duplicates_total",
-            "Notifications dropped as duplicates of one seen within the dedupe window.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(duplicates.clone()))
-            .expect("unique metric");
-        let outbox_pending = IntGauge::new(
-            "notimeter_outbox_pending",
-            "Messages accepted and not yet final.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(outbox_pending.clone()))
-            .expect("unique metric");
-        let store_up = IntGauge::new(
-            "notimeter_store_up",
-            "1 when the store answered this scrape's reads in time; 0 when it did not, and the \
-             store-derived gauges show their last reading.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(store_up.clone()))
-            .expect("unique metric");
-        let period_notifications = IntGaugeVec::new(
-            Opts::new(
-                "notimeter_period_notifications",
-                "Messages final in the open billing period so far, by user, integration and outcome.",
-            ),
-            &["user_id", "integration", "outcome"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(period_notifications.clone()))
-            .expect("unique metric");
+        let r = Registry::new();
         Self {
-            registry,
-            notifications,
-            alerts_received,
-            delivery_attempts,
-            delivery_latency,
-            webhook_requests,
-            duplicates,
-            alerts_undeliverable,
-            ledger_closes,
-            render_total,
-            reload_total,
-            render_channels,
-            render_skipped,
-            outbox_pending,
-            period_start,
-            period_notifications,
-            store_up,
+            notifications: counters(
+                &r,
+                "notimeter_notifications_total",
+                "Messages whose outcome became final, by user, integration and outcome.",
+                &["user_id", "integration", "outcome"],
+            ),
+            alerts_received: counters(
+                &r,
+                "notimeter_alerts_received_total",
+                "Alerts received from Alertmanager, by the user they were attributed to.",
+                &["user_id"],
+            ),
+            delivery_attempts: counters(
+                &r,
+                "notimeter_delivery_attempts_total",
+                "Delivery attempts, by integration and result (success or a failure reason).",
+                &["integration", "result"],
+            ),
+            webhook_requests: counters(
+                &r,
+                "notimeter_webhook_requests_total",
+                "Requests to the Alertmanager webhook, by HTTP status code.",
+                &["code"],
+            ),
+            alerts_undeliverable: counters(
+                &r,
+                "notimeter_alerts_undeliverable_total",
+                "Alerts recorded as undeliverable (no matching channel, bad alert, ...), by reason.",
+                &["reason"],
+            ),
+            ledger_closes: counters(
+                &r,
+                "notimeter_ledger_closes_total",
+                "Billing period closes (scheduled or requested), by result.",
+                &["result"],
+            ),
+            render_total: counters(
+                &r,
+                "notimeter_render_total",
+                "Renders of Alertmanager's configuration, by result (published, unchanged, rejected, reload_failed, error).",
+                &["result"],
+            ),
+            reload_total: counters(
+                &r,
+                "notimeter_alertmanager_reload_total",
+                "Alertmanager reloads after a render, by result (success: confirmed through its /metrics).",
+                &["result"],
+            ),
+            render_channels: gauge(
+                &r,
+                "notimeter_render_channels",
+                "Channels in the last rendered Alertmanager configuration.",
+            ),
+            render_skipped: gauge(
+                &r,
+                "notimeter_render_skipped_channels",
+                "Channels left out of the last render because they cannot be rendered (see the log).",
+            ),
+            period_start: register(
+                &r,
+                prometheus::Gauge::new(
+                    "notimeter_period_start_timestamp_seconds",
+                    "When the open billing period started, in seconds since the Unix epoch.",
+                ),
+            ),
+            delivery_latency: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "notimeter_delivery_latency_seconds",
+                        "Time from acceptance to final outcome, by integration.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["integration"],
+                ),
+            ),
+            duplicates: register(
+                &r,
+                IntCounter::new(
+                    "notimeter_duplicates_total",
+                    "Notifications dropped as duplicates of one seen within the dedupe window.",
+                ),
+            ),
+            outbox_pending: gauge(
+                &r,
+                "notimeter_outbox_pending",
+                "Messages accepted and not yet final.",
+            ),
+            store_up: gauge(
+                &r,
+                "notimeter_store_up",
+                "1 when the store answered this scrape's reads in time; 0 when it did not, and the \
+                 store-derived gauges show their last reading.",
+            ),
+            period_notifications: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "notimeter_period_notifications",
+                        "Messages final in the open billing period so far, by user, integration and outcome.",
+                    ),
+                    &["user_id", "integration", "outcome"],
+                ),
+            ),
+            registry: r,
             users: Mutex::new(HashSet::new()),
             max_user_series,
         }
     }
 
+    /// Metrics that no `/metrics` serves, for the CLI's one-shot verbs
+    /// (`render`, `ledger close`), which have no registry to count into: the
+    /// events still log. Keeps no user labels (every user is `_other`).
+    pub fn detached() -> &'static Metrics {
+        static DETACHED: LazyLock<Metrics> = LazyLock::new(|| Metrics::new(0));
+        &DETACHED
+    }
+
     /// The `user_id` label for a user: itself while fewer than `max_user_series`
     /// users have been seen, `_other` beyond.
-    pub fn user_label<'a>(&self, user_id: &'a str) -> &'a str {
+    pub(super) fn user_label<'a>(&self, user_id: &'a str) -> &'a str {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         if users.contains(user_id) {
             return user_id;
@@ -209,15 +204,6 @@ impl Metrics {
             return user_id;
         }
         OTHER_USERS
-    }
-
-    /// Counts a message that a newer one of its (channel, group) replaced
-    /// before it was sent: final, never sent, not billed.
-    pub fn superseded(&self, user_id: &str, integration: &str) {
-        let user = self.user_label(user_id);
-        self.notifications
-            .with_label_values(&[user, integration, "superseded"])
-            .inc();
     }
 
     /// Refreshes the store-derived gauges, waiting at most `budget` for the
@@ -241,6 +227,11 @@ impl Metrics {
                 self.store_up.set(0);
             }
         }
+        self.encode()
+    }
+
+    /// The registry in the text format, as it stands.
+    pub(super) fn encode(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -262,20 +253,20 @@ impl Metrics {
     fn apply(&self, reading: StoreReading) {
         self.outbox_pending.set(reading.pending);
         self.period_start.set(reading.period_start as f64 / 1000.0);
-        let mut sums: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+        let mut sums: BTreeMap<(String, &str), (i64, i64)> = BTreeMap::new();
         for row in reading.usage {
             let user = self.user_label(&row.user_id).to_owned();
-            let e = sums.entry((user, row.integration)).or_default();
+            let e = sums.entry((user, row.integration.as_str())).or_default();
             e.0 += row.delivered;
             e.1 += row.failed;
         }
         self.period_notifications.reset();
         for ((user, integration), (delivered, failed)) in sums {
             self.period_notifications
-                .with_label_values(&[user.as_str(), integration.as_str(), "delivered"])
+                .with_label_values(&[user.as_str(), integration, "delivered"])
                 .set(delivered);
             self.period_notifications
-                .with_label_values(&[user.as_str(), integration.as_str(), "failed"])
+                .with_label_values(&[user.as_str(), integration, "failed"])
                 .set(failed);
         }
     }

@@ -12,7 +12,6 @@
 //! The same data gives the same bytes: users and channels are sorted and keys
 //! keep a fixed order.
 
-pub mod consul;
 pub mod publish;
 
 use crate::domain::matcher::is_label_name;
@@ -23,7 +22,7 @@ use serde::Serialize;
 use serde_norway::{Mapping, Value};
 
 use crate::config::{RenderMode, Settings};
-use crate::domain::{ChannelId, ChannelSpec, Matcher, UserId};
+use crate::domain::{Channel, ReceiverName, RouteTiming};
 use crate::store::{Store, StoreError};
 
 /// The receiver alerts go to when no channel route takes them (the catch-all).
@@ -79,14 +78,8 @@ struct Route {
     receiver: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     matchers: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group_by: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group_wait: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group_interval: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    repeat_interval: Option<String>,
+    #[serde(flatten)]
+    timing: RouteTiming,
     #[serde(rename = "continue", skip_serializing_if = "std::ops::Not::not")]
     continue_: bool,
 }
@@ -106,11 +99,6 @@ pub struct Candidate {
     /// Channels routed in the file (per-channel) or served by it (compact).
     pub channels: usize,
     pub skipped: Vec<Skipped>,
-}
-
-/// The receiver name of a channel; Alertmanager may hand it back regex-escaped.
-pub fn receiver_name(user_id: &str, channel_id: &str) -> String {
-    format!("notimeter/{user_id}/{channel_id}")
 }
 
 fn webhook(settings: &Settings, send_resolved: bool) -> WebhookConfig {
@@ -160,34 +148,87 @@ pub fn load_base(path: Option<&Path>) -> Result<Mapping, RenderError> {
     }
 }
 
-/// A stored channel ready to render: ids checked, matchers in canonical text
-/// (syntax checked, regexes not compiled: rendering needs text, not matching).
-struct Renderable {
-    user_id: String,
-    channel_id: String,
-    matchers: Vec<String>,
-    spec: ChannelSpec,
+/// Checks a channel against the settings of today: a `repeat_interval` that
+/// was fine when saved may be too short for a longer `dedupe_window` now.
+fn renderable(ch: &Channel, settings: &Settings) -> Result<(), String> {
+    ch.timing.check(settings.dedupe_window)
 }
 
-fn renderable(
-    rec: &crate::store::ChannelRecord,
+/// The enabled channels to render, and those left out (with why).
+async fn renderable_channels(
+    store: &Store,
     settings: &Settings,
-) -> Result<Renderable, String> {
-    UserId::parse(&rec.user_id)?;
-    ChannelId::parse(&rec.channel_id)?;
-    let spec: ChannelSpec =
-        serde_json::from_str(&rec.spec).map_err(|e| format!("stored channel is corrupt: {e}"))?;
-    let matchers = spec
-        .matchers
-        .iter()
-        .map(|m| Matcher::check_syntax(m))
-        .collect::<Result<Vec<_>, _>>()?;
-    spec.check_timing(settings.dedupe_window)?;
-    Ok(Renderable {
-        user_id: rec.user_id.clone(),
-        channel_id: rec.channel_id.clone(),
-        matchers,
-        spec,
+) -> Result<(Vec<Channel>, Vec<Skipped>), RenderError> {
+    let listed = store.enabled_channels().await?;
+    let mut skipped: Vec<Skipped> = listed
+        .corrupt
+        .into_iter()
+        .map(|bad| Skipped {
+            user_id: bad.user_id,
+            channel_id: bad.channel_id,
+            reason: bad.reason,
+        })
+        .collect();
+    let mut channels = Vec::new();
+    for ch in listed.channels {
+        match renderable(&ch, settings) {
+            Err(reason) => skipped.push(Skipped {
+                user_id: ch.user_id.to_string(),
+                channel_id: ch.channel_id.to_string(),
+                reason,
+            }),
+            Ok(()) => channels.push(ch),
+        }
+    }
+    Ok((channels, skipped))
+}
+
+/// Per-channel mode: one route and one receiver for each channel, with its
+/// matchers and timing.
+fn per_channel_routes(
+    settings: &Settings,
+    channels: &[Channel],
+    routes: &mut Vec<Value>,
+    receivers: &mut Vec<Value>,
+) {
+    for ch in channels {
+        let name = ReceiverName::new(ch.user_id.clone(), ch.channel_id.clone()).to_string();
+        let mut matchers = vec![format!("user_id=\"{}\"", ch.user_id)];
+        matchers.extend(ch.matchers.to_strings());
+        routes.push(to_value(&Route {
+            receiver: name.clone(),
+            matchers,
+            timing: ch.timing.clone(),
+            continue_: true,
+        }));
+        receivers.push(to_value(&Receiver {
+            name,
+            webhook_configs: vec![webhook(settings, ch.send_resolved)],
+        }));
+    }
+}
+
+/// Compact mode: one route to the catch-all for every alert with a user,
+/// grouped by user first, so that one notification holds one user's alerts.
+fn compact_route(root: &Mapping) -> Value {
+    let mut group_by: Vec<String> = match root.get("group_by") {
+        Some(Value::Sequence(s)) => s
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec!["alertname".into()],
+    };
+    if !group_by.iter().any(|l| l == "user_id" || l == "...") {
+        group_by.insert(0, "user_id".into());
+    }
+    to_value(&Route {
+        receiver: CATCH_ALL.into(),
+        matchers: vec!["user_id=~\".+\"".into()],
+        timing: RouteTiming {
+            group_by: Some(group_by),
+            ..RouteTiming::default()
+        },
+        ..Route::default()
     })
 }
 
@@ -197,20 +238,7 @@ pub async fn render(
     settings: &Settings,
     base: Mapping,
 ) -> Result<Candidate, RenderError> {
-    let mut skipped = Vec::new();
-    let mut channels = Vec::new();
-    for rec in store.enabled_channels().await? {
-        match renderable(&rec, settings) {
-            Err(reason) => skipped.push(Skipped {
-                user_id: rec.user_id,
-                channel_id: rec.channel_id,
-                reason,
-            }),
-            Ok(ch) => channels.push(ch),
-        }
-    }
-    channels.sort_by(|a, b| (&a.user_id, &a.channel_id).cmp(&(&b.user_id, &b.channel_id)));
-
+    let (channels, skipped) = renderable_channels(store, settings).await?;
     let mut base = base;
     let mut root = match base.remove("route") {
         Some(Value::Mapping(m)) => m,
@@ -242,46 +270,16 @@ pub async fn render(
             webhook_configs: vec![webhook(settings, true)],
         }));
     }
-    match settings.render.mode {
+    let mode = match settings.render.mode {
         RenderMode::PerChannel => {
-            for ch in &channels {
-                let name = receiver_name(&ch.user_id, &ch.channel_id);
-                let mut matchers = vec![format!("user_id=\"{}\"", ch.user_id)];
-                matchers.extend(ch.matchers.iter().cloned());
-                routes.push(to_value(&Route {
-                    receiver: name.clone(),
-                    matchers,
-                    group_by: ch.spec.group_by.clone(),
-                    group_wait: ch.spec.group_wait.clone(),
-                    group_interval: ch.spec.group_interval.clone(),
-                    repeat_interval: ch.spec.repeat_interval.clone(),
-                    continue_: true,
-                }));
-                receivers.push(to_value(&Receiver {
-                    name,
-                    webhook_configs: vec![webhook(settings, ch.spec.send_resolved)],
-                }));
-            }
+            per_channel_routes(settings, &channels, &mut routes, &mut receivers);
+            "per-channel"
         }
         RenderMode::Compact => {
-            let mut group_by: Vec<String> = match root.get("group_by") {
-                Some(Value::Sequence(s)) => s
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-                _ => vec!["alertname".into()],
-            };
-            if !group_by.iter().any(|l| l == "user_id" || l == "...") {
-                group_by.insert(0, "user_id".into());
-            }
-            routes.push(to_value(&Route {
-                receiver: CATCH_ALL.into(),
-                matchers: vec!["user_id=~\".+\"".into()],
-                group_by: Some(group_by),
-                ..Route::default()
-            }));
+            routes.push(compact_route(&root));
+            "compact"
         }
-    }
+    };
     root.insert("routes".into(), Value::Sequence(routes));
 
     let mut out = Mapping::new();
@@ -293,10 +291,6 @@ pub async fn render(
     let doc = Value::Mapping(out);
     check(&doc)?;
     let body = serde_norway::to_string(&doc).map_err(|e| RenderError::Invalid(e.to_string()))?;
-    let mode = match settings.render.mode {
-        RenderMode::PerChannel => "per-channel",
-        RenderMode::Compact => "compact",
-    };
     let yaml = format!(
         "{HEADER_PREFIX} ({mode}, channels: {}). Edits are overwritten; change the base config or the channels.\n{body}",
         channels.len()

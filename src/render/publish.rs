@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::{load_base, render, rendered_channels, Candidate};
 use crate::config::Settings;
-use crate::metering::Metrics;
+use crate::metering::{Metrics, RenderResult};
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -64,10 +64,20 @@ pub fn guard(candidate: &Candidate, current: Option<&str>, max_shrink: f64) -> R
     Ok(())
 }
 
+/// How long `amtool check-config` may take before it is killed and the
+/// candidate refused (it checks a 1,000-channel file in well under a second).
+pub const AMTOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `amtool check-config` on the candidate, written next to the output (so
 /// relative template paths resolve the same). Skipped when amtool is "" or
-/// not installed.
-pub fn amtool_check(amtool: &str, yaml: &str, dir: &Path) -> Result<(), PublishError> {
+/// not installed. Runs as a child of the runtime (not blocking a worker
+/// thread), killed when it takes longer than `timeout`.
+pub async fn amtool_check(
+    amtool: &str,
+    yaml: &str,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(), PublishError> {
     if amtool.is_empty() {
         return Ok(());
     }
@@ -84,26 +94,72 @@ pub fn amtool_check(amtool: &str, yaml: &str, dir: &Path) -> Result<(), PublishE
             path: tmp.path().display().to_string(),
             source,
         })?;
-    match std::process::Command::new(amtool)
+    let child = tokio::process::Command::new(amtool)
         .arg("check-config")
         .arg(tmp.path())
-        .output()
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(PublishError::Amtool(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))),
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             warn!(
                 amtool,
                 "amtool not found; publishing with the renderer's own checks only"
             );
-            Ok(())
+            return Ok(());
         }
-        Err(e) => Err(PublishError::Amtool(e.to_string())),
+        Err(e) => return Err(PublishError::Amtool(e.to_string())),
+    };
+    let finished = tokio::time::timeout(timeout, output_of(&mut child)).await;
+    match finished {
+        Ok(Ok((status, _))) if status.success() => Ok(()),
+        Ok(Ok((_, out))) => Err(PublishError::Amtool(out)),
+        Ok(Err(e)) => Err(PublishError::Amtool(e.to_string())),
+        Err(_) => {
+            // Kill and reap it now rather than leave it to kill_on_drop.
+            let _ = child.kill().await;
+            Err(PublishError::Amtool(format!(
+                "amtool check-config did not finish within {}; killed",
+                humantime::format_duration(timeout)
+            )))
+        }
     }
+}
+
+/// Waits for a child while reading its stdout and stderr (so a full pipe
+/// cannot stall it), and returns its status and both outputs, stdout first.
+async fn output_of(
+    child: &mut tokio::process::Child,
+) -> std::io::Result<(std::process::ExitStatus, String)> {
+    use tokio::io::AsyncReadExt;
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let read_out = async {
+        match stdout.as_mut() {
+            Some(s) => s.read_to_end(&mut out).await.map(drop),
+            None => Ok(()),
+        }
+    };
+    let read_err = async {
+        match stderr.as_mut() {
+            Some(s) => s.read_to_end(&mut err).await.map(drop),
+            None => Ok(()),
+        }
+    };
+    let (status, read_out, read_err) = tokio::join!(child.wait(), read_out, read_err);
+    read_out?;
+    read_err?;
+    Ok((
+        status?,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        ),
+    ))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
@@ -182,16 +238,6 @@ pub async fn reload(http: &reqwest::Client, url: &str, timeout: Duration) -> Res
     }
 }
 
-/// The HTTP client for the operator's own services (Alertmanager, Consul).
-/// Without a proxy: notimeter never takes one from `HTTP_PROXY` and the like,
-/// and `outbound_proxy` is for deliveries.
-pub fn operator_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("the HTTP client builds, as reqwest::Client::new() would")
-}
-
 /// Renders, checks and publishes once.
 pub struct Renderer<'a> {
     pub store: &'a Store,
@@ -204,41 +250,33 @@ impl Renderer<'_> {
     pub async fn candidate(&self) -> Result<Candidate, PublishError> {
         let base = load_base(self.settings.render.base_config.as_deref())?;
         let candidate = render(self.store, self.settings, base).await?;
-        for s in &candidate.skipped {
-            warn!(user_id = %s.user_id, channel_id = %s.channel_id, reason = %s.reason, "channel left out of the rendered config");
-        }
-        if let Some(m) = self.metrics {
-            m.render_channels.set(candidate.channels as i64);
-            m.render_skipped.set(candidate.skipped.len() as i64);
-        }
+        self.metrics().render_candidate(
+            candidate.channels,
+            candidate
+                .skipped
+                .iter()
+                .map(|s| (s.user_id.as_str(), s.channel_id.as_str(), s.reason.as_str())),
+        );
         Ok(candidate)
     }
 
-    fn count(&self, result: &str) {
-        if let Some(m) = self.metrics {
-            m.render_total.with_label_values(&[result]).inc();
-        }
-    }
-
-    fn count_reload(&self, ok: bool) {
-        if let Some(m) = self.metrics {
-            m.reload_total
-                .with_label_values(&[if ok { "success" } else { "failure" }])
-                .inc();
-        }
+    /// Where this renderer's events are counted: the server's metrics, or
+    /// (the CLI) none, and then they are only logged.
+    fn metrics(&self) -> &Metrics {
+        self.metrics.unwrap_or_else(|| Metrics::detached())
     }
 
     /// Renders and, unless the bytes are unchanged, checks, writes and reloads.
     pub async fn run(&self, force: bool) -> Result<Published, PublishError> {
         let result = self.publish(force).await;
-        self.count(match &result {
-            Ok(Published::Unchanged) => "unchanged",
-            Ok(Published::Written { .. }) => "published",
+        self.metrics().render_finished(match &result {
+            Ok(Published::Unchanged) => RenderResult::Unchanged,
+            Ok(Published::Written { .. }) => RenderResult::Published,
             Err(PublishError::Guard(_) | PublishError::Amtool(_) | PublishError::Render(_)) => {
-                "rejected"
+                RenderResult::Rejected
             }
-            Err(PublishError::Reload(_)) => "reload_failed",
-            Err(_) => "error",
+            Err(PublishError::Reload(_)) => RenderResult::ReloadFailed,
+            Err(_) => RenderResult::Error,
         });
         result
     }
@@ -267,7 +305,13 @@ impl Renderer<'_> {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        amtool_check(&self.settings.render.amtool, &candidate.yaml, dir)?;
+        amtool_check(
+            &self.settings.render.amtool,
+            &candidate.yaml,
+            dir,
+            AMTOOL_TIMEOUT,
+        )
+        .await?;
         let last_good = last_good_path(output);
         if let Some(current) = &current {
             write_atomically(&last_good, current.as_bytes())?;
@@ -279,13 +323,11 @@ impl Renderer<'_> {
         };
         match reload(&self.http, url, self.settings.render.reload_timeout).await {
             Ok(()) => {
-                self.count_reload(true);
-                info!("Alertmanager reloaded and confirmed the new configuration");
+                self.metrics().alertmanager_reloaded();
                 Ok(Published::Written { reloaded: true })
             }
             Err(why) => {
-                self.count_reload(false);
-                warn!(error = %why, "Alertmanager reload failed; restoring the last good configuration");
+                self.metrics().alertmanager_reload_failed(&why);
                 if let Some(current) = &current {
                     write_atomically(output, current.as_bytes())?;
                     if let Err(e) =
@@ -319,6 +361,91 @@ mod tests {
             channels,
             skipped: vec![],
         }
+    }
+
+    /// An executable script in `dir` standing in for amtool.
+    #[cfg(unix)]
+    fn fake_amtool(dir: &Path, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("amtool");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn amtool_verdicts_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = fake_amtool(dir.path(), "exit 0");
+        amtool_check(&ok, "route: {}\n", dir.path(), AMTOOL_TIMEOUT)
+            .await
+            .unwrap();
+        let no = fake_amtool(
+            dir.path(),
+            "echo checking \"$2\"; echo bad regex >&2; exit 1",
+        );
+        let err = amtool_check(&no, "route: {}\n", dir.path(), AMTOOL_TIMEOUT)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("checking") && err.contains("bad regex"),
+            "{err}"
+        );
+        let missing = dir.path().join("no-such-amtool").display().to_string();
+        amtool_check(&missing, "route: {}\n", dir.path(), AMTOOL_TIMEOUT)
+            .await
+            .expect("a missing amtool is skipped");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_hung_amtool_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let hung = fake_amtool(
+            dir.path(),
+            &format!("echo $$ > {}; exec sleep 30", pid_file.display()),
+        );
+        let started = Instant::now();
+        let err = amtool_check(&hung, "route: {}\n", dir.path(), Duration::from_millis(300))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not finish within 300ms; killed"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // (No pid file: killed before the script got that far.)
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            assert!(
+                !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+                "amtool (pid {}) is gone, killed and reaped",
+                pid.trim()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_alertmanager_times_out() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        let started = Instant::now();
+        let err = reload(
+            &crate::outbound::operator_client(Duration::from_millis(300)),
+            &url,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        held.abort();
     }
 
     #[test]

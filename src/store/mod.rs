@@ -1,26 +1,39 @@
-//! Persistence. One [`Store`] runs the SQL that both databases share; a
-//! [`Backend`] (SQLite in `sqlite.rs`, PostgreSQL in `postgres.rs`) supplies
-//! what differs: connecting, its own migrations, and how due messages are claimed.
-//! The backend is chosen by the URL scheme.
+//! Persistence on SQLite (`sqlite.rs`) or PostgreSQL (`postgres.rs`), chosen
+//! by the URL scheme, on each database's own pools and types.
 //!
-//! Times are stored as milliseconds since the Unix epoch, so the same statements
-//! and types serve both databases.
+//! Every statement is written once, in the file of its concern (`channels.rs`,
+//! `outbox.rs`, `ledger.rs`, `sessions.rs`), and runs on either database
+//! through [`on!`]: the statement is expanded once per backend, so each copy
+//! is type-checked against that backend's types. What differs between the
+//! two (connecting, migrations, how a write transaction begins, the claim's
+//! row locking, the period and group locks, the read-only check) lives in
+//! `sqlite.rs` and `postgres.rs`.
+//!
+//! Times are stored as milliseconds since the Unix epoch; booleans as
+//! booleans (SQLite keeps them as 0/1 integers, which sqlx reads as `bool`);
+//! prices as the decimal text they were frozen with.
 
+mod channels;
+mod columns;
 mod ledger;
+mod outbox;
 mod postgres;
+mod records;
 mod sessions;
-mod sql;
 mod sqlite;
 
+use std::future::Future;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use sqlx::AnyPool;
+use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, Transaction};
 
-use crate::clock::Millis;
+use crate::clock::Clock;
 
-pub use sessions::NewSession;
-pub use sql::Store;
+pub use records::{
+    AttemptRecord, ChannelList, ClaimedMessage, CorruptChannel, Enqueued, Freeze, IngestBatch,
+    ItemRow, NewMessage, NewSession, Outcome, Period, Recorded, Superseded, Undeliverable,
+    UsageRow,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,38 +55,6 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// What differs between the databases.
-#[async_trait]
-pub trait Backend: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    /// Pool for writes (SQLite: a single connection, so writers never contend).
-    fn writer(&self) -> &AnyPool;
-    /// Pool for reads (SQLite: several connections reading the WAL concurrently).
-    fn reader(&self) -> &AnyPool;
-    async fn migrate(&self) -> Result<()>;
-    /// `UPDATE … RETURNING` that leases up to `$4` due messages to `$1` until `$2`
-    /// (`$3` is now), none while an older message of its (channel, group) is
-    /// still pending: a group is delivered in the order it was accepted. PostgreSQL adds `FOR UPDATE SKIP LOCKED` so replicas never
-    /// claim the same row.
-    fn claim_sql(&self) -> &'static str;
-    /// How a write transaction starts (SQLite: `BEGIN IMMEDIATE`, so a second
-    /// process sharing the file waits instead of failing to upgrade a read).
-    fn begin_write(&self) -> Option<&'static str>;
-    /// Selects the open period's `id, start_at`, locked: shared by transactions
-    /// that record outcomes, exclusive for close and settle, so that no outcome
-    /// straddles a close. (SQLite's single writer serialises them anyway.)
-    fn lock_open_period_sql(&self, exclusive: bool) -> &'static str;
-    /// Takes a transaction-scoped lock on one (channel, group), `$1` being its
-    /// key, so that enqueues and recorded attempts of a group are serialised:
-    /// ids follow commit order and no supersession is missed. None where
-    /// write transactions are serialised anyway (SQLite).
-    fn lock_group_sql(&self) -> Option<&'static str>;
-    /// A query answering one boolean column `read_only`: whether a write
-    /// would be refused (a standby, a read-only database). None where taking
-    /// the write lock proves it (SQLite's `BEGIN IMMEDIATE`).
-    fn read_only_sql(&self) -> Option<&'static str>;
-}
-
 /// Waits at most `limit` for a store operation: a request answers 503 (and
 /// Alertmanager retries) instead of waiting on a stalled or locked store. A
 /// write given up on this way still runs to its end (see `Store::detached`);
@@ -87,211 +68,188 @@ pub async fn within<T>(
         .unwrap_or(Err(StoreError::Timeout(limit)))
 }
 
-/// The claim statement both backends run, with the row-locking clause a
-/// backend adds to its inner select (PostgreSQL: `FOR UPDATE OF m SKIP LOCKED`).
-macro_rules! claim_sql {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE messages SET lease_owner = $1, lease_until = $2 \
-             WHERE id IN (SELECT m.id FROM messages m \
-                          WHERE m.state = 'pending' AND m.due_at <= $3 \
-                            AND (m.lease_until IS NULL OR m.lease_until <= $3) \
-                            AND NOT EXISTS (SELECT 1 FROM messages o WHERE o.user_id = m.user_id \
-                              AND o.channel_id = m.channel_id AND o.group_key = m.group_key \
-                              AND o.state = 'pending' AND o.id < m.id AND m.group_key <> '') \
-                          ORDER BY m.due_at LIMIT $4 ",
-            $lock,
-            ") RETURNING id, user_id, channel_id, integration, payload, created_at, attempts, paced"
-        )
+/// One value per backend: the pools, a pool, a transaction, a connection.
+#[derive(Clone, Debug)]
+enum Db<S, P> {
+    Sqlite(S),
+    Postgres(P),
+}
+
+/// Runs one statement on whichever backend `$db` (a [`Db`]) holds:
+/// `on!(db, |c| sqlx::query(SQL).bind(x).execute(c).await)`. The body is
+/// expanded once per backend with `c` that backend's executor, so it is
+/// written once and type-checked for both; both expansions must give one type
+/// (map rows to records inside the body). `|c, D|` also names the backend's
+/// database type `D`, for what its [`Dialect`] says.
+macro_rules! on {
+    ($db:expr, |$c:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($c) => $body,
+            $crate::store::Db::Postgres($c) => $body,
+        }
+    };
+    ($db:expr, |$c:ident, $d:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($c) => {
+                type $d = ::sqlx::Sqlite;
+                $body
+            }
+            $crate::store::Db::Postgres($c) => {
+                type $d = ::sqlx::Postgres;
+                $body
+            }
+        }
     };
 }
-use claim_sql;
+use on;
 
-/// Opens (creating it if needed) the database named by `url`.
+/// The SQL that differs between the backends, implemented for each
+/// database type in `sqlite.rs` and `postgres.rs`.
+trait Dialect {
+    /// `UPDATE … RETURNING` that leases up to `$4` due messages to `$1`
+    /// until `$2` (`$3` is now); see `outbox::claim_sql!`.
+    const CLAIM: &'static str;
+    /// Selects the open period's `id, start_at`, share-locked: taken by
+    /// transactions that record outcomes, so that no outcome straddles a
+    /// close. (SQLite's single writer serialises them anyway.)
+    const OPEN_PERIOD_SHARED: &'static str;
+    /// The same, locked exclusively: for close and settle.
+    const OPEN_PERIOD_EXCLUSIVE: &'static str;
+    /// Takes a transaction-scoped lock on one (channel, group), `$1` being
+    /// its key, so that enqueues and recorded attempts of a group are
+    /// serialised: ids follow commit order and no supersession is missed.
+    /// None where write transactions are serialised anyway (SQLite).
+    const LOCK_GROUP: Option<&'static str>;
+    /// A query answering one boolean: whether a write would be refused (a
+    /// standby, a read-only database). None where taking the write lock
+    /// proves it (SQLite's `BEGIN IMMEDIATE`).
+    const READ_ONLY: Option<&'static str>;
+}
+
+/// A write transaction on either backend.
+type Tx = Db<Transaction<'static, sqlx::Sqlite>, Transaction<'static, sqlx::Postgres>>;
+
+impl Tx {
+    /// The transaction's connection, to run statements on.
+    fn conn(&mut self) -> Db<&mut SqliteConnection, &mut PgConnection> {
+        match self {
+            Db::Sqlite(tx) => Db::Sqlite(&mut **tx),
+            Db::Postgres(tx) => Db::Postgres(&mut **tx),
+        }
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(on!(self, |tx| tx.commit().await)?)
+    }
+
+    async fn rollback(self) -> Result<()> {
+        Ok(on!(self, |tx| tx.rollback().await)?)
+    }
+}
+
+/// The store. Cheap to clone: clones share the backend's pools.
+#[derive(Clone)]
+pub struct Store {
+    pools: Db<sqlite::Pools, PgPool>,
+    /// When outcomes become final and statements end: the application's clock.
+    clock: Clock,
+}
+
+/// Opens (creating it if needed) the database named by `url`, on the system clock.
 pub async fn connect(url: &str) -> Result<Arc<Store>> {
-    sqlx::any::install_default_drivers();
-    let backend: Arc<dyn Backend> = if url.starts_with("sqlite:") {
-        Arc::new(sqlite::Sqlite::connect(url).await?)
+    connect_with_clock(url, Clock::system()).await
+}
+
+/// Opens the database named by `url`; times the store takes itself (when an
+/// outcome becomes final, when a statement ends) come from `clock`.
+pub async fn connect_with_clock(url: &str, clock: Clock) -> Result<Arc<Store>> {
+    let pools = if url.starts_with("sqlite:") {
+        Db::Sqlite(sqlite::Pools::connect(url).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Arc::new(postgres::Postgres::connect(url).await?)
+        Db::Postgres(postgres::connect(url).await?)
     } else {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     };
-    Ok(Arc::new(Store::new(backend)))
+    Ok(Arc::new(Store { pools, clock }))
 }
 
-/// A channel as stored: the body the admin API took (secrets included).
-#[derive(Clone, Debug)]
-pub struct ChannelRecord {
-    pub user_id: String,
-    pub channel_id: String,
-    pub integration: String,
-    pub enabled: bool,
-    pub spec: String,
-    pub created_at: Millis,
-    pub updated_at: Millis,
-}
+impl Store {
+    pub fn backend_name(&self) -> &'static str {
+        match self.pools {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
 
-#[derive(Clone, Debug)]
-pub struct NewMessage {
-    pub user_id: String,
-    pub channel_id: String,
-    pub integration: String,
-    /// Alertmanager's groupKey: messages of one (channel, group) are
-    /// delivered in order, and a newer one supersedes an older one still
-    /// waiting. Empty: no group, no ordering.
-    pub group_key: String,
-    pub payload: String,
-    pub alert_count: i64,
-    pub alertnames: String,
-}
+    /// Pool for writes outside a transaction (SQLite: the single writer
+    /// connection, so writers never contend).
+    fn writer(&self) -> Db<&SqlitePool, &PgPool> {
+        match &self.pools {
+            Db::Sqlite(p) => Db::Sqlite(&p.writer),
+            Db::Postgres(p) => Db::Postgres(p),
+        }
+    }
 
-/// Alerts that could not be turned into a message; kept, never dropped silently.
-#[derive(Clone, Debug)]
-pub struct Undeliverable {
-    pub user_id: String,
-    pub raw_user_id: Option<String>,
-    pub receiver: String,
-    pub reason: &'static str,
-    pub alert: String,
-}
+    /// Pool for reads (SQLite: several connections reading the WAL concurrently).
+    fn reader(&self) -> Db<&SqlitePool, &PgPool> {
+        match &self.pools {
+            Db::Sqlite(p) => Db::Sqlite(&p.reader),
+            Db::Postgres(p) => Db::Postgres(p),
+        }
+    }
 
-#[derive(Clone, Debug)]
-pub struct IngestBatch {
-    pub dedupe_key: String,
-    pub now: Millis,
-    pub dedupe_expires_at: Millis,
-    pub messages: Vec<NewMessage>,
-    pub undeliverable: Vec<Undeliverable>,
-}
+    /// A write transaction, begun as the backend wants it.
+    async fn write_tx(&self) -> Result<Tx> {
+        Ok(match &self.pools {
+            Db::Sqlite(p) => Db::Sqlite(p.begin_write().await?),
+            Db::Postgres(p) => Db::Postgres(p.begin().await?),
+        })
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Enqueued {
-    /// Stored; older messages of the same (channel, group) that were still
-    /// waiting became final as superseded.
-    Accepted {
-        superseded: Vec<Superseded>,
-    },
-    Duplicate,
-}
+    /// Runs a write on a task of its own and waits for it. The caller may
+    /// go away at any await (a client hanging up, a timeout): the write still
+    /// runs to its commit or rollback, so no connection is ever returned to
+    /// the pool inside a transaction, and what was written is whole.
+    async fn detached<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(tracing::Instrument::in_current_span(op(self.clone())))
+            .await
+            .map_err(|e| StoreError::Interrupted(e.to_string()))?
+    }
 
-/// A message that a newer one of its (channel, group) replaced before it was sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Superseded {
-    pub message_id: i64,
-    pub user_id: String,
-    pub integration: String,
-}
+    /// Applies pending migrations and makes sure an open billing period exists.
+    pub async fn migrate(&self, now: crate::clock::Millis) -> Result<()> {
+        match &self.pools {
+            Db::Sqlite(p) => p.migrate().await?,
+            Db::Postgres(p) => postgres::migrate(p).await?,
+        }
+        self.ensure_open_period(now).await
+    }
 
-/// What became of a recorded attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Recorded {
-    /// Stored as the attempt said.
-    Applied,
-    /// It would have waited (a retry, a hold, pacing), but a newer message of
-    /// its (channel, group) is queued: final as superseded instead.
-    Superseded,
-    /// The lease was lost (another worker holds the message now): nothing stored.
-    LeaseLost,
-}
+    /// Whether the store takes a write: a write transaction (SQLite: one
+    /// holding the database's write lock) is begun and rolled back.
+    pub async fn check_writable(&self) -> Result<()> {
+        self.detached(|store| async move {
+            let mut tx = store.write_tx().await?;
+            let read_only = on!(tx.conn(), |c, D| match <D as Dialect>::READ_ONLY {
+                Some(sql) => sqlx::query_scalar::<_, bool>(sql).fetch_one(c).await?,
+                None => false,
+            });
+            tx.rollback().await?;
+            if read_only {
+                return Err(StoreError::ReadOnly);
+            }
+            Ok(())
+        })
+        .await
+    }
 
-#[derive(Clone, Debug)]
-pub struct ClaimedMessage {
-    pub id: i64,
-    pub user_id: String,
-    pub channel_id: String,
-    pub integration: String,
-    pub payload: String,
-    pub created_at: Millis,
-    /// Attempts made before this one.
-    pub attempts: i64,
-    /// Deferred by pacing into a reserved slot: send now, without waiting again.
-    pub paced: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered,
-    Failed,
-    Retry {
-        due_at: Millis,
-    },
-    /// Not sent yet, and not an attempt: back to the outbox until `due_at`.
-    /// `paced`: pacing reserved that slot for it, so it sends without waiting again.
-    Defer {
-        due_at: Millis,
-        paced: bool,
-    },
-}
-
-/// One finished attempt and what it means for its message.
-#[derive(Clone, Debug)]
-pub struct AttemptRecord {
-    pub message_id: i64,
-    pub user_id: String,
-    pub integration: String,
-    pub attempt: i64,
-    pub started_at: Millis,
-    pub duration_ms: i64,
-    /// `success`, or the failure reason.
-    pub result: String,
-    pub status_code: Option<i64>,
-    pub error: Option<String>,
-    /// SMS segments used, where the integration counts them.
-    pub segments: Option<i64>,
-    /// False when nothing was sent (a plan limit refused it, or pacing
-    /// deferred it): no attempt row is stored and no attempt counted.
-    pub attempted: bool,
-    pub outcome: Outcome,
-    pub finished_at: Millis,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Period {
-    pub id: String,
-    /// Set for a user's settled statement.
-    pub user_id: Option<String>,
-    pub start_at: Millis,
-    /// None while open.
-    pub end_at: Option<Millis>,
-    pub closed_at: Option<Millis>,
-    /// Frozen at close.
-    pub currency: Option<String>,
-    pub bill_failed: Option<bool>,
-    pub report_sha256: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct UsageRow {
-    pub user_id: String,
-    pub integration: String,
-    pub delivered: i64,
-    pub failed: i64,
-    /// The unit price frozen at close; None while the period is open.
-    pub unit_price: Option<String>,
-}
-
-/// One message of a period, for the itemized export.
-#[derive(Clone, Debug)]
-pub struct ItemRow {
-    pub message_id: i64,
-    pub final_at: Millis,
-    pub user_id: String,
-    pub integration: String,
-    pub channel_id: String,
-    pub alertnames: String,
-    pub outcome: String,
-    pub attempts: i64,
-    pub last_reason: Option<String>,
-}
-
-/// Prices to freeze into a closing period's rows.
-#[derive(Clone, Debug)]
-pub struct Freeze {
-    pub currency: String,
-    pub bill_failed: bool,
-    /// (integration, unit price) for every integration.
-    pub prices: Vec<(String, String)>,
-    /// (user_id, integration, unit price) overrides.
-    pub user_prices: Vec<(String, String, String)>,
+    pub async fn close(&self) {
+        on!(self.writer(), |pool| pool.close().await);
+        on!(self.reader(), |pool| pool.close().await);
+    }
 }

@@ -1,67 +1,37 @@
 //! PostgreSQL: for several replicas sharing one database. Claims use
-//! `FOR UPDATE SKIP LOCKED`, so no two replicas ever hold the same message.
+//! `FOR UPDATE SKIP LOCKED`, so no two replicas ever hold the same message;
+//! the open period is row-locked (shared to record outcomes, exclusive to
+//! close and settle), and a (channel, group) takes an advisory lock.
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::AnyPool;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
 
-use super::{Backend, Result};
+use super::{ledger, outbox, Dialect, Result};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-pub struct Postgres {
-    pool: AnyPool,
+impl Dialect for Postgres {
+    const CLAIM: &'static str = outbox::claim_sql!("FOR UPDATE OF m SKIP LOCKED");
+    const OPEN_PERIOD_SHARED: &'static str = ledger::open_period_sql!("FOR SHARE");
+    const OPEN_PERIOD_EXCLUSIVE: &'static str = ledger::open_period_sql!("FOR UPDATE");
+    const LOCK_GROUP: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
+    const READ_ONLY: Option<&'static str> =
+        Some("SELECT (pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on')");
 }
 
-impl Postgres {
-    pub async fn connect(url: &str) -> Result<Self> {
-        let pool = AnyPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
-        Ok(Self { pool })
-    }
+pub(super) async fn connect(url: &str) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?)
 }
 
-#[async_trait]
-impl Backend for Postgres {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-    fn writer(&self) -> &AnyPool {
-        &self.pool
-    }
-    fn reader(&self) -> &AnyPool {
-        &self.pool
-    }
-    async fn migrate(&self) -> Result<()> {
-        MIGRATIONS.run(&self.pool).await?;
-        Ok(())
-    }
-    fn begin_write(&self) -> Option<&'static str> {
-        None
-    }
-    fn lock_open_period_sql(&self, exclusive: bool) -> &'static str {
-        if exclusive {
-            "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL FOR UPDATE"
-        } else {
-            "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL FOR SHARE"
-        }
-    }
-    fn lock_group_sql(&self) -> Option<&'static str> {
-        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-    }
-    fn read_only_sql(&self) -> Option<&'static str> {
-        Some(
-            "SELECT (pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on') \
-             AS read_only",
-        )
-    }
-    fn claim_sql(&self) -> &'static str {
-        super::claim_sql!("FOR UPDATE OF m SKIP LOCKED")
-    }
+pub(super) async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATIONS.run(pool).await?;
+    Ok(())
 }

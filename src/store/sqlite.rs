@@ -1,20 +1,31 @@
 //! SQLite: the embedded default. WAL journal, one writer connection (SQLite
-//! serialises writers anyway; one connection avoids busy errors), several readers.
+//! serialises writers anyway; one connection avoids busy errors), several
+//! readers. Write transactions begin with `BEGIN IMMEDIATE`, and one writer
+//! makes the period and group locks unnecessary.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::{Backend, Result};
+use super::{ledger, outbox, Dialect, Result};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
-pub struct Sqlite {
-    writer: AnyPool,
-    reader: AnyPool,
+impl Dialect for Sqlite {
+    const CLAIM: &'static str = outbox::claim_sql!("");
+    const OPEN_PERIOD_SHARED: &'static str = ledger::open_period_sql!("");
+    const OPEN_PERIOD_EXCLUSIVE: &'static str = ledger::open_period_sql!("");
+    const LOCK_GROUP: Option<&'static str> = None;
+    const READ_ONLY: Option<&'static str> = None;
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Pools {
+    pub(super) writer: SqlitePool,
+    pub(super) reader: SqlitePool,
 }
 
 /// `sqlite://notimeter.db` → the same URL asking SQLite to create the file.
@@ -28,60 +39,34 @@ fn with_create(url: &str) -> String {
     }
 }
 
-fn options(max: u32) -> AnyPoolOptions {
-    AnyPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(5))
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                conn.execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                )
-                .await?;
-                Ok(())
-            })
+impl Pools {
+    pub(super) async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(&with_create(url))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = |max| {
+            SqlitePoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+        };
+        Ok(Self {
+            writer: pool(1).await?,
+            reader: pool(4).await?,
         })
-}
+    }
 
-impl Sqlite {
-    pub async fn connect(url: &str) -> Result<Self> {
-        let url = with_create(url);
-        let writer = options(1).connect(&url).await?;
-        let reader = options(4).connect(&url).await?;
-        Ok(Self { writer, reader })
-    }
-}
-
-#[async_trait]
-impl Backend for Sqlite {
-    fn name(&self) -> &'static str {
-        "sqlite"
-    }
-    fn writer(&self) -> &AnyPool {
-        &self.writer
-    }
-    fn reader(&self) -> &AnyPool {
-        &self.reader
-    }
-    async fn migrate(&self) -> Result<()> {
+    pub(super) async fn migrate(&self) -> Result<()> {
         MIGRATIONS.run(&self.writer).await?;
         Ok(())
     }
-    fn begin_write(&self) -> Option<&'static str> {
-        Some("BEGIN IMMEDIATE")
-    }
-    fn lock_open_period_sql(&self, _exclusive: bool) -> &'static str {
-        "SELECT id, start_at FROM periods WHERE end_at IS NULL AND user_id IS NULL"
-    }
-    fn lock_group_sql(&self) -> Option<&'static str> {
-        None
-    }
-    fn read_only_sql(&self) -> Option<&'static str> {
-        None
-    }
-    fn claim_sql(&self) -> &'static str {
-        super::claim_sql!("")
+
+    /// `BEGIN IMMEDIATE`: a second process sharing the file waits for the
+    /// write lock instead of failing to upgrade a read.
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 

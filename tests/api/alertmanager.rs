@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::helpers::*;
 use crate::on_both_backends;
 
-on_both_backends!(real_alertmanager_routes_through_notimeter);
+on_both_backends!(needs alertmanager: real_alertmanager_routes_through_notimeter);
 
 const BINARIES: [&str; 2] = ["prometheus-alertmanager", "alertmanager"];
 
@@ -19,10 +19,10 @@ fn find_alertmanager() -> Option<&'static str> {
 }
 
 async fn real_alertmanager_routes_through_notimeter(backend: Backend) {
-    let Some(binary) = find_alertmanager() else {
-        eprintln!("skipped: prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)");
-        return;
-    };
+    let binary = find_alertmanager().expect(
+        "prometheus-alertmanager is not installed, and this test needs it: \
+         apt-get install prometheus-alertmanager",
+    );
     let app = spawn_app(&backend).await;
     let sink = Sink::start().await;
     app.add_webhook("u1", "hook", &sink.url("/u1")).await;

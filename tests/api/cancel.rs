@@ -39,7 +39,7 @@ fn batch(key: &str, channel: &str) -> IngestBatch {
     let message = |n: usize| NewMessage {
         user_id: "u1".into(),
         channel_id: channel.into(),
-        integration: "webhook".into(),
+        integration: notimeter::domain::IntegrationKind::Webhook,
         group_key: String::new(),
         payload: json!({"n": n}).to_string(),
         alert_count: 1,

@@ -41,12 +41,11 @@ async fn channel_lifecycle_and_redaction(backend: Backend) {
     let edited = json!({"type": edited["type"], "settings": edited["settings"], "matchers": edited["matchers"], "send_resolved": true, "enabled": false});
     let r = app.put_channel("u1", "hook", edited).await;
     assert_eq!(r.status(), 200);
-    let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
-    let (spec,): (String,) = sqlx::query_as("SELECT spec FROM channels WHERE user_id = 'u1'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    let spec: String = query_one(
+        &app.database_url,
+        "SELECT spec FROM channels WHERE user_id = 'u1'",
+    )
+    .await;
     let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
     assert_eq!(spec["settings"]["url"], secret_url);
     assert_eq!(spec["settings"]["basic_auth"]["password"], "hunter2");

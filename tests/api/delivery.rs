@@ -12,7 +12,48 @@ on_both_backends!(
     slack_message_like_alertmanager,
     slack_ok_false_is_a_permanent_failure,
     resolved_alerts_follow_send_resolved,
+    drained_on_demand_sent_and_counted_as_by_the_workers,
 );
+
+/// With the background workers off, nothing is sent until the test drains
+/// the outbox; a drain sends, records and counts what is due, and a retry
+/// is due once the clock has passed its backoff.
+async fn drained_on_demand_sent_and_counted_as_by_the_workers(backend: Backend) {
+    let app = spawn_app_on_demand(&backend, |s| {
+        // Longer than this test takes, so that only the clock makes it due.
+        s.dispatch.min_backoff = std::time::Duration::from_secs(60);
+        s.dispatch.max_backoff = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let sink = Sink::start().await;
+    sink.script("/u2", [Reply::new(500, "boom")]);
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    app.add_webhook("u2", "hook", &sink.url("/u2")).await;
+    let alerts = vec![
+        alert("high_cpu", Some("u1"), "f1"),
+        alert("high_cpu", Some("u2"), "f2"),
+    ];
+    assert_eq!(
+        app.post_alerts(&payload("default", "g", alerts))
+            .await
+            .status(),
+        200
+    );
+    assert!(sink.received().is_empty(), "nothing sent before the drain");
+
+    assert_eq!(app.drain_outbox().await, 2);
+    assert_eq!(sink.received_on("/u1").len(), 1);
+    assert_eq!(sink.received_on("/u2").len(), 1, "failed, to be retried");
+    assert_eq!(app.notifications("u1", "webhook", "delivered").await, 1.0);
+    assert_eq!(app.drain_outbox().await, 0, "the retry is not due yet");
+
+    app.clock.advance(app.settings.dispatch.max_backoff);
+    assert_eq!(app.drain_outbox().await, 1, "the retry");
+    assert_eq!(sink.received_on("/u2").len(), 2);
+    assert_eq!(app.notifications("u2", "webhook", "delivered").await, 1.0);
+    assert_eq!(app.metric("notimeter_outbox_pending", &[]).await, 0.0);
+    app.stop().await;
+}
 
 async fn server_errors_are_retried_then_counted_once(backend: Backend) {
     let app = spawn_app(&backend).await;
@@ -116,16 +157,11 @@ async fn client_error_fails_once_with_reason(backend: Backend) {
         1.0
     );
 
-    let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
-    let row: (String, i64, String) = sqlx::query_as("SELECT m.last_reason, a.status_code, a.result FROM messages m JOIN attempts a ON a.message_id = m.id")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let row: (String, i64, String) = query_row(&app.database_url, "SELECT m.last_reason, a.status_code, a.result FROM messages m JOIN attempts a ON a.message_id = m.id").await;
     assert_eq!(
         row,
         ("clientError".to_owned(), 404, "clientError".to_owned())
     );
-    pool.close().await;
     app.stop().await;
 }
 
@@ -353,7 +389,27 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
     })
     .await;
     a.wait_idle().await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Both replicas idle: neither finds anything left to take, and each has
+    // counted what it recorded (its counters follow the store's commit).
+    assert_eq!(a.drain_outbox().await, 0, "nothing left for replica a");
+    assert_eq!(b.drain_outbox().await, 0, "nothing left for replica b");
+    let delivered = |m: &str| {
+        (0..users)
+            .map(|u| {
+                let user = format!("u{u}");
+                let label = [
+                    ("user_id", user.as_str()),
+                    ("integration", "webhook"),
+                    ("outcome", "delivered"),
+                ];
+                metric_value(m, "notimeter_notifications_total", &label)
+            })
+            .sum::<f64>()
+    };
+    eventually("both replicas to count every delivery", || async {
+        delivered(&a.metrics().await) + delivered(&b.metrics().await) >= expected as f64
+    })
+    .await;
     let received = sink.received();
     assert_eq!(received.len(), expected);
     let mut seen = std::collections::HashSet::new();
@@ -367,23 +423,21 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
         );
     }
     let (ma, mb) = (a.metrics().await, b.metrics().await);
-    let mut counted = 0.0;
     for u in 0..users {
+        let user = format!("u{u}");
         let label = [
-            ("user_id", format!("u{u}")),
-            ("integration", "webhook".into()),
-            ("outcome", "delivered".into()),
+            ("user_id", user.as_str()),
+            ("integration", "webhook"),
+            ("outcome", "delivered"),
         ];
-        let label: Vec<(&str, &str)> = label.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        counted += metric_value(&ma, "notimeter_notifications_total", &label)
-            + metric_value(&mb, "notimeter_notifications_total", &label);
         assert_eq!(
             metric_value(&ma, "notimeter_period_notifications", &label),
             notifications as f64
         );
     }
     assert_eq!(
-        counted, expected as f64,
+        delivered(&ma) + delivered(&mb),
+        expected as f64,
         "the replicas' counters add up to the messages, none twice"
     );
     let dupes = metric_value(&ma, "notimeter_duplicates_total", &[])

@@ -12,8 +12,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use notimeter::app::Application;
+use notimeter::app::{Application, Dispatch};
+use notimeter::clock::Clock;
 use notimeter::config::{Secret, Settings};
+use notimeter::dispatch::Dispatcher;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +25,46 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const FINANCE_TOKEN: &str = "finance-token-for-tests";
 
 /// Declares `mod $name { sqlite, postgres }` running `$name(backend)` on each.
+///
+/// The `postgres` variants are `#[ignore]`d, so a plain `cargo test` lists them
+/// as ignored: they need a server named by NOTIMETER_TEST_POSTGRES_URL and run
+/// with `cargo test -- --include-ignored`, where a missing URL fails them.
+/// `needs <tool>: a, b` declares tests that need a tool beyond Cargo: both
+/// variants are ignored, and they fail when run without it.
 #[macro_export]
 macro_rules! on_both_backends {
+    (needs alertmanager: $($name:ident),+ $(,)?) => {
+        $crate::on_both_backends!(@ignored
+            "needs prometheus-alertmanager (apt-get install prometheus-alertmanager); run with --include-ignored",
+            "needs PostgreSQL (set NOTIMETER_TEST_POSTGRES_URL) and prometheus-alertmanager; run with --include-ignored";
+            $($name),+);
+    };
+    (needs promtool: $($name:ident),+ $(,)?) => {
+        $crate::on_both_backends!(@ignored
+            "needs promtool (apt-get install prometheus); run with --include-ignored",
+            "needs PostgreSQL (set NOTIMETER_TEST_POSTGRES_URL) and promtool; run with --include-ignored";
+            $($name),+);
+    };
+    (needs aiosmtpd: $($name:ident),+ $(,)?) => {
+        $crate::on_both_backends!(@ignored
+            "needs /usr/bin/python3 with aiosmtpd (apt-get install python3-aiosmtpd); run with --include-ignored",
+            "needs PostgreSQL (set NOTIMETER_TEST_POSTGRES_URL) and python3-aiosmtpd; run with --include-ignored";
+            $($name),+);
+    };
+    (@ignored $sqlite:literal, $postgres:literal; $($name:ident),+) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = $sqlite]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = $postgres]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::postgres()).await;
+            }
+        }
+    )+};
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,11 +72,9 @@ macro_rules! on_both_backends {
                 super::$name($crate::helpers::Backend::Sqlite).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs PostgreSQL: set NOTIMETER_TEST_POSTGRES_URL, run with --include-ignored"]
             async fn postgres() {
-                match $crate::helpers::Backend::postgres() {
-                    Some(b) => super::$name(b).await,
-                    None => eprintln!("skipped: NOTIMETER_TEST_POSTGRES_URL is not set"),
-                }
+                super::$name($crate::helpers::Backend::postgres()).await;
             }
         }
     )*};
@@ -50,11 +88,17 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn postgres() -> Option<Backend> {
-        std::env::var("NOTIMETER_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .map(Backend::Postgres)
+    /// The server NOTIMETER_TEST_POSTGRES_URL names; fails the test without it
+    /// (the PostgreSQL variants are ignored unless asked for, so asking for them
+    /// without a server is a mistake to report, not a pass).
+    pub fn postgres() -> Backend {
+        match std::env::var("NOTIMETER_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Backend::Postgres(url),
+            _ => panic!(
+                "NOTIMETER_TEST_POSTGRES_URL is not set: the PostgreSQL variants need a server, \
+                 e.g. NOTIMETER_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres"
+            ),
+        }
     }
 }
 
@@ -145,6 +189,10 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub database_url: String,
     pub settings: Settings,
+    /// The app's clock: `clock.advance(…)` skips ahead (dedupe windows,
+    /// leases, retries, sessions) while real I/O keeps its pace.
+    pub clock: Clock,
+    dispatcher: Arc<Dispatcher>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     pub dir: Arc<tempfile::TempDir>,
@@ -156,20 +204,49 @@ pub async fn spawn_app(backend: &Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: &Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(backend, Dispatch::Background, tweak).await
+}
+
+/// An app whose outbox is worked off only by [`TestApp::drain_outbox`]: no
+/// message is sent until the test says so.
+pub async fn spawn_app_on_demand(backend: &Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(backend, Dispatch::OnDemand, tweak).await
+}
+
+async fn spawn(
+    backend: &Backend,
+    dispatch: Dispatch,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let database = fresh_database(backend, dir.path()).await;
     let mut settings = test_settings(&database.url, dir.path());
     tweak(&mut settings);
-    let mut app = start(settings, dir).await;
+    let mut app = start_with(settings, dir, Clock::adjustable(), dispatch).await;
     app.database = Some(database);
     app
 }
 
-/// Starts the application with these settings (e.g. again on the same database).
+/// Starts the application with these settings (e.g. again on the same
+/// database), on a clock of its own.
 pub async fn start(settings: Settings, dir: Arc<tempfile::TempDir>) -> TestApp {
-    let app = Application::build(settings.clone())
+    start_with(settings, dir, Clock::adjustable(), Dispatch::Background).await
+}
+
+/// Starts the application on `clock` (a replica shares its twin's), its
+/// outbox worked off by `dispatch`: in the background, or only by
+/// [`TestApp::drain_outbox`].
+pub async fn start_with(
+    settings: Settings,
+    dir: Arc<tempfile::TempDir>,
+    clock: Clock,
+    dispatch: Dispatch,
+) -> TestApp {
+    let app = Application::build_with_clock(settings.clone(), clock.clone())
         .await
-        .expect("application builds");
+        .expect("application builds")
+        .dispatch(dispatch);
+    let dispatcher = app.dispatcher();
     let addr = app.local_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run(shutdown.clone()));
@@ -179,6 +256,8 @@ pub async fn start(settings: Settings, dir: Arc<tempfile::TempDir>) -> TestApp {
         http: reqwest::Client::new(),
         database_url: settings.database_url.clone(),
         settings,
+        clock,
+        dispatcher,
         shutdown,
         handle: Some(handle),
         dir,
@@ -187,6 +266,17 @@ pub async fn start(settings: Settings, dir: Arc<tempfile::TempDir>) -> TestApp {
 }
 
 impl TestApp {
+    /// Another replica: the same settings, database and clock.
+    pub async fn replica(&self) -> TestApp {
+        start_with(
+            self.settings.clone(),
+            self.dir.clone(),
+            self.clock.clone(),
+            Dispatch::Background,
+        )
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -201,6 +291,7 @@ impl TestApp {
         StoppedApp {
             settings: self.settings.clone(),
             dir: self.dir.clone(),
+            clock: self.clock.clone(),
             database: self.database.take(),
         }
     }
@@ -292,6 +383,16 @@ impl TestApp {
         .await
     }
 
+    /// Sends what is due now, as the dispatcher's workers would, until
+    /// nothing is; returns how many messages it took (see
+    /// `Dispatcher::drain_outbox`).
+    pub async fn drain_outbox(&self) -> usize {
+        self.dispatcher
+            .drain_outbox()
+            .await
+            .expect("draining the outbox")
+    }
+
     /// Waits until no message is pending.
     pub async fn wait_idle(&self) {
         eventually("the outbox to drain", || async {
@@ -304,12 +405,14 @@ impl TestApp {
 pub struct StoppedApp {
     pub settings: Settings,
     pub dir: Arc<tempfile::TempDir>,
+    /// Kept, so that time does not go back when the app starts again.
+    pub clock: Clock,
     database: Option<TestDatabase>,
 }
 
 impl StoppedApp {
     pub async fn start(self) -> TestApp {
-        let mut app = start(self.settings, self.dir).await;
+        let mut app = start_with(self.settings, self.dir, self.clock, Dispatch::Background).await;
         app.database = self.database;
         app
     }
@@ -528,7 +631,7 @@ impl Sink {
     }
 }
 
-/// Whether `binary --version` runs (tests that need it say they are skipped otherwise).
+/// Whether `binary --version` runs.
 pub fn installed(binary: &str) -> bool {
     std::process::Command::new(binary)
         .arg("--version")
@@ -536,6 +639,16 @@ pub fn installed(binary: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Fails the test unless `binary --version` runs. The tests that need a tool
+/// are `#[ignore]`d with the reason, so they run only when asked for
+/// (`--include-ignored`), and then a missing tool is a failure, not a pass.
+pub fn require(binary: &str, package: &str) {
+    assert!(
+        installed(binary),
+        "`{binary}` is not installed, and this test needs it: apt-get install {package}"
+    );
 }
 
 /// A child process killed when the test is done with it (or fails).
@@ -548,8 +661,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A real SMTP server (tests/smtp_server.py on aiosmtpd); `None` when Debian's
-/// python3-aiosmtpd is not installed.
+/// A real SMTP server (tests/smtp_server.py on aiosmtpd). Starting one fails
+/// the test when Debian's python3-aiosmtpd is not installed: the tests that
+/// use it are `#[ignore]`d, "needs … aiosmtpd".
 pub struct SmtpServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -572,17 +686,19 @@ pub struct Mail {
 }
 
 impl SmtpServer {
-    pub async fn start() -> Option<Self> {
+    pub async fn start() -> Self {
         use std::io::BufRead;
         let python = "/usr/bin/python3";
         let has_aiosmtpd = std::process::Command::new(python)
             .args(["-c", "import aiosmtpd"])
+            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !has_aiosmtpd {
-            eprintln!("skipped: aiosmtpd is not installed (apt-get install python3-aiosmtpd)");
-            return None;
-        }
+        assert!(
+            has_aiosmtpd,
+            "{python} cannot import aiosmtpd, and this test needs a real SMTP server: \
+             apt-get install python3-aiosmtpd"
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -608,7 +724,7 @@ impl SmtpServer {
         .unwrap()
         .unwrap();
         assert_eq!(ready.trim(), "ready");
-        Some(Self { port, dir, child })
+        Self { port, dir, child }
     }
 
     pub fn mails(&self) -> Vec<Mail> {
@@ -641,15 +757,53 @@ impl SmtpServer {
     }
 }
 
+/// Reads the only row of a query, for checks on stored data, on a
+/// connection of the database's own kind.
+pub async fn query_row<R>(database_url: &str, sql: &str) -> R
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin,
+{
+    use sqlx::Connection;
+    if database_url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        let row = sqlx::query_as(sql).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        row
+    } else {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        let row = sqlx::query_as(sql).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        row
+    }
+}
+
 /// Reads one column of the only row of a query, for checks on stored data.
 pub async fn query_one<T>(database_url: &str, sql: &str) -> T
 where
-    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + Unpin,
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin,
 {
-    let pool = sqlx::AnyPool::connect(database_url).await.unwrap();
-    let (v,): (T,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
-    pool.close().await;
+    let (v,) = query_row::<(T,)>(database_url, sql).await;
     v
+}
+
+/// Runs one statement on the database, as an operator's tool would.
+pub async fn execute(database_url: &str, sql: &str) {
+    use sqlx::{Connection, Executor};
+    if database_url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        conn.execute(sql).await.unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        conn.execute(sql).await.unwrap();
+        conn.close().await.unwrap();
+    }
 }
 
 // ---- payloads ------------------------------------------------------------------

@@ -104,10 +104,8 @@ async fn per_channel_receiver_keeps_users_apart(backend: Backend) {
 }
 
 async fn duplicate_within_window_counted_once(backend: Backend) {
-    let app = spawn_app_with(&backend, |s| {
-        s.dedupe_window = std::time::Duration::from_millis(1500)
-    })
-    .await;
+    let window = std::time::Duration::from_secs(60);
+    let app = spawn_app_with(&backend, |s| s.dedupe_window = window).await;
     let sink = Sink::start().await;
     app.add_webhook("u1", "hook", &sink.url("/u1")).await;
     let p = payload("default", "g", vec![alert("high_cpu", Some("u1"), "f1")]);
@@ -135,8 +133,17 @@ async fn duplicate_within_window_counted_once(backend: Backend) {
         1.0
     );
 
-    // After the window the same notification is a legitimate repeat.
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    // Late in the window (unless this test took ten seconds so far), a
+    // repeat is still a duplicate; after the window, the same notification
+    // is a legitimate repeat.
+    app.clock
+        .advance(window - std::time::Duration::from_secs(10));
+    let late = app.post_alerts(&p).await;
+    assert_eq!(
+        late.json::<serde_json::Value>().await.unwrap()["status"],
+        "duplicate"
+    );
+    app.clock.advance(std::time::Duration::from_secs(11));
     let third = app.post_alerts(&p).await;
     assert_eq!(
         third.json::<serde_json::Value>().await.unwrap()["status"],
@@ -308,11 +315,11 @@ async fn store_unavailable_is_503_and_nothing_half_written(backend: Backend) {
 
     // Take the outbox away under the running service: the dedupe record goes
     // in, the message insert fails, and the whole transaction must roll back.
-    let admin = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
-    sqlx::query("ALTER TABLE messages RENAME TO messages_away")
-        .execute(&admin)
-        .await
-        .unwrap();
+    execute(
+        &app.database_url,
+        "ALTER TABLE messages RENAME TO messages_away",
+    )
+    .await;
     let r = app.post_alerts(&p).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
@@ -320,11 +327,11 @@ async fn store_unavailable_is_503_and_nothing_half_written(backend: Backend) {
         .as_str()
         .unwrap()
         .contains("try again"));
-    sqlx::query("ALTER TABLE messages_away RENAME TO messages")
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    execute(
+        &app.database_url,
+        "ALTER TABLE messages_away RENAME TO messages",
+    )
+    .await;
 
     // Alertmanager retries the same notification: it must not be a "duplicate".
     let r = app.post_alerts(&p).await;

@@ -2,8 +2,11 @@
 //! itemized export, atomicity under load, missed closes, retention, roles.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use notimeter::domain::IntegrationKind;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -15,8 +18,10 @@ on_both_backends!(
     closing_under_load_puts_every_message_in_one_period,
     hostile_values_in_the_itemized_export,
     a_missed_close_happens_at_start_with_the_scheduled_boundary,
+    the_schedule_closes_when_the_clock_reaches_its_boundary,
     retention_prunes_details_but_not_the_ledger,
     finance_reads_admin_closes,
+    a_corrupt_frozen_price_fails_the_download_instead_of_billing_zero,
 );
 
 async fn close(app: &TestApp) -> Value {
@@ -48,6 +53,19 @@ async fn periods(app: &TestApp) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// The closed periods' ends, in milliseconds.
+fn period_ends(periods: &[Value]) -> Vec<i64> {
+    periods
+        .iter()
+        .filter_map(|p| p["period_end"].as_str())
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect()
 }
 
 async fn bytes(app: &TestApp, path: &str) -> Vec<u8> {
@@ -103,14 +121,56 @@ async fn traffic(app: &TestApp, sink: &Sink, users: &[&str], tag: &str) {
     app.wait_idle().await;
 }
 
+/// A frozen price the store cannot read (a damaged database) breaks the
+/// download of a period whose report has to be made again from the store:
+/// never a report that bills the row at 0.
+async fn a_corrupt_frozen_price_fails_the_download_instead_of_billing_zero(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| {
+        s.billing
+            .prices
+            .insert(IntegrationKind::Webhook, "0.002".parse().unwrap());
+    })
+    .await;
+    let sink = Sink::start().await;
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    traffic(&app, &sink, &["u1"], "a").await;
+    let closed = close(&app).await;
+    let id = closed["closed"]["period_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/ledger/periods/{id}.csv");
+    let intact = bytes(&app, &path).await;
+    assert_eq!(
+        ledger_rows(&intact)[&("u1".to_owned(), "webhook".to_owned())],
+        (1, 0, "0.002".into(), "0.002".into())
+    );
+
+    execute(
+        &app.database_url,
+        &format!("UPDATE usage SET unit_price = '0.00two' WHERE period_id = '{id}'"),
+    )
+    .await;
+    std::fs::remove_file(app.settings.reports_dir.join(format!("{id}.csv"))).unwrap();
+    let r = app
+        .http
+        .get(app.url(&path))
+        .bearer_auth(FINANCE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.bytes().await.is_err(),
+        "the transfer breaks: no report billing the row at 0"
+    );
+    app.stop().await;
+}
+
 async fn close_freezes_prices_and_reports_never_change(backend: Backend) {
     let app = spawn_app_with(&backend, |s| {
         s.billing
             .prices
-            .insert("webhook".into(), "0.002".parse().unwrap());
+            .insert(IntegrationKind::Webhook, "0.002".parse().unwrap());
         s.billing.user_prices.insert(
             "vip".into(),
-            [("webhook".to_owned(), "0.001".parse().unwrap())].into(),
+            [(IntegrationKind::Webhook, "0.001".parse().unwrap())].into(),
         );
         s.billing.currency = "EUR".into();
     })
@@ -200,7 +260,7 @@ async fn close_freezes_prices_and_reports_never_change(backend: Backend) {
         .settings
         .billing
         .prices
-        .insert("webhook".into(), "9".parse().unwrap());
+        .insert(IntegrationKind::Webhook, "9".parse().unwrap());
     let app = stopped.start().await;
     traffic(&app, &sink, &["u1"], "c").await;
     assert_eq!(
@@ -332,12 +392,14 @@ async fn closing_under_load_puts_every_message_in_one_period(backend: Backend) {
             .await;
     }
     let stop = tokio_util::sync::CancellationToken::new();
+    let accepted = Arc::new(AtomicUsize::new(0));
     let load = {
-        let (http, url, users, stop) = (
+        let (http, url, users, stop, accepted) = (
             app.http.clone(),
             app.url("/v1/alertmanager"),
             users.clone(),
             stop.clone(),
+            accepted.clone(),
         );
         tokio::spawn(async move {
             let mut n = 0;
@@ -355,13 +417,19 @@ async fn closing_under_load_puts_every_message_in_one_period(backend: Backend) {
                     .unwrap();
                 assert_eq!(r.status(), 200);
                 n += 1;
+                accepted.store(n, Ordering::SeqCst);
             }
             n
         })
     };
-    // Closes and settles while deliveries are finishing.
+    // Closes and settles while deliveries are finishing: each after a few
+    // more payloads were accepted, however fast this machine takes them.
     for round in 0..6 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        let target = accepted.load(Ordering::SeqCst) + 4;
+        eventually("more payloads accepted", || async {
+            accepted.load(Ordering::SeqCst) >= target
+        })
+        .await;
         if round % 3 == 2 {
             settle(&app, "u1").await;
         } else {
@@ -484,20 +552,24 @@ async fn hostile_values_in_the_itemized_export(backend: Backend) {
 }
 
 async fn a_missed_close_happens_at_start_with_the_scheduled_boundary(backend: Backend) {
-    let app = spawn_app_with(&backend, |s| s.billing.schedule = "0 0 * * * *".into()).await;
+    let app = spawn_app_with(&backend, |s| {
+        s.billing.schedule = "0 0 * * * *".parse().unwrap();
+    })
+    .await;
+    // A message delivered now: final after the boundaries the missed closes
+    // use, so each close moves it (and its count) on to the next period.
+    let sink = Sink::start().await;
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    traffic(&app, &sink, &["u1"], "late").await;
     let stopped = app.stop_keeping_data().await;
     // Down for a while: the open period started 2.5 hours ago.
     let hour = 3_600_000;
     let start = notimeter::clock::now_ms() - 5 * hour / 2;
-    let pool = sqlx::AnyPool::connect(&stopped.settings.database_url)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE periods SET start_at = $1 WHERE end_at IS NULL")
-        .bind(start)
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    execute(
+        &stopped.settings.database_url,
+        &format!("UPDATE periods SET start_at = {start} WHERE end_at IS NULL"),
+    )
+    .await;
     let app = stopped.start().await;
     // 2.5 hours hold two or three hourly boundaries, depending on the minute.
     eventually("the missed closes", || async {
@@ -505,21 +577,49 @@ async fn a_missed_close_happens_at_start_with_the_scheduled_boundary(backend: Ba
     })
     .await;
     let all = periods(&app).await;
-    let ends: Vec<i64> = all
-        .iter()
-        .filter_map(|p| p["period_end"].as_str())
-        .map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .unwrap()
-                .timestamp_millis()
-        })
-        .collect();
+    let ends = period_ends(&all);
     let first = (start / hour + 1) * hour;
     assert_eq!(
         ends[..2],
         [first, first + hour],
         "closed at the schedule's boundaries, not at the restart"
     );
+    for p in all.iter().filter(|p| p["period_end"].is_string()) {
+        let id = p["period_id"].as_str().unwrap();
+        let csv = bytes(&app, &format!("/v1/ledger/periods/{id}.csv")).await;
+        assert!(
+            ledger_rows(&csv).is_empty(),
+            "{id} bills nothing: its message became final after its end"
+        );
+    }
+    let usage = app.get_json("/v1/usage", FINANCE_TOKEN).await;
+    assert_eq!(
+        usage["usage"],
+        json!([{"user_id": "u1", "integration": "webhook", "delivered": 1, "failed": 0,
+                "unit_price": "0", "amount": "0"}]),
+        "the open period bills the late message: {usage}"
+    );
+    app.stop().await;
+}
+
+/// The close schedule reads the app's clock: moved past the next boundary,
+/// the period closes there, without waiting for the hour to come.
+async fn the_schedule_closes_when_the_clock_reaches_its_boundary(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| {
+        s.billing.schedule = "0 0 * * * *".parse().unwrap();
+    })
+    .await;
+    assert_eq!(periods(&app).await.len(), 1);
+    let hour = 3_600_000;
+    let boundary = (app.clock.now_ms() / hour + 1) * hour;
+    let ahead = boundary - app.clock.now_ms() + 1000;
+    app.clock.advance(Duration::from_millis(ahead as u64));
+    eventually("the scheduled close", || async {
+        periods(&app).await.len() == 2
+    })
+    .await;
+    let ends = period_ends(&periods(&app).await);
+    assert_eq!(ends, [boundary], "closed at the boundary");
     app.stop().await;
 }
 

@@ -3,7 +3,11 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use notimeter::app::Dispatch;
+use notimeter::clock::Clock;
 
 use crate::helpers::*;
 use crate::on_both_backends;
@@ -21,6 +25,9 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// `dispatch.lease` of the binaries these tests start.
+const LEASE: Duration = Duration::from_secs(2);
+
 fn write_config(dir: &Path, listen: SocketAddr, database_url: &str) -> std::path::PathBuf {
     let path = dir.join("notimeter.toml");
     std::fs::write(
@@ -36,13 +43,14 @@ outbound_allow = ["127.0.0.0/8"]
 shutdown_timeout = "2s"
 
 [dispatch]
-lease = "2s"
+lease = "{lease}s"
 send_timeout = "1s"
 min_backoff = "300ms"
 max_backoff = "300ms"
 poll_interval = "50ms"
 "#,
-            reports = dir.join("reports").display()
+            reports = dir.join("reports").display(),
+            lease = LEASE.as_secs()
         ),
     )
     .unwrap();
@@ -65,7 +73,7 @@ async fn wait_ready(addr: SocketAddr) {
 }
 
 async fn killed_after_accept_delivers_once_on_restart(backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
     let database = fresh_database(&backend, dir.path()).await;
     let url = database.url.clone();
     let listen = free_addr();
@@ -113,43 +121,43 @@ async fn killed_after_accept_delivers_once_on_restart(backend: Backend) {
             .await
             .unwrap()
     };
-    eventually("the message to be final", || async {
-        metric_value(&metrics().await, "notimeter_outbox_pending", &[]) == 0.0
+    let delivered = [
+        ("user_id", "u1"),
+        ("integration", "webhook"),
+        ("outcome", "delivered"),
+    ];
+    eventually("the message to be final and counted", || async {
+        let m = metrics().await;
+        metric_value(&m, "notimeter_outbox_pending", &[]) == 0.0
+            && metric_value(&m, "notimeter_notifications_total", &delivered) >= 1.0
     })
     .await;
-    // Longer than a lease, so a wrongly re-claimed message would show.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = metrics().await;
+    assert_eq!(
+        metric_value(&m, "notimeter_notifications_total", &delivered),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, "notimeter_period_notifications", &delivered),
+        1.0
+    );
+    terminate(&mut second);
+
+    // Past every lease either process took: a message left claimable (its
+    // lease run out, the message not final) is taken by this drain and
+    // delivered again.
+    let mut settings = test_settings(&url, dir.path());
+    settings.dispatch.lease = LEASE;
+    let clock = Clock::adjustable();
+    let later = start_with(settings, dir.clone(), clock.clone(), Dispatch::OnDemand).await;
+    clock.advance(LEASE + Duration::from_secs(1));
+    assert_eq!(later.drain_outbox().await, 0, "nothing left to claim");
     assert_eq!(
         sink.received_on("/u1").len(),
         1,
         "delivered exactly once after the crash"
     );
-    let m = metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "notimeter_notifications_total",
-            &[
-                ("user_id", "u1"),
-                ("integration", "webhook"),
-                ("outcome", "delivered")
-            ]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &m,
-            "notimeter_period_notifications",
-            &[
-                ("user_id", "u1"),
-                ("integration", "webhook"),
-                ("outcome", "delivered")
-            ]
-        ),
-        1.0
-    );
-    terminate(&mut second);
+    later.stop().await;
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
@@ -305,6 +313,79 @@ fn cli_configuration_and_migrate() {
     }
 }
 
+/// An integration the settings name as a key must be one notimeter knows:
+/// `smz` for `sms` is refused when the settings load, by every verb, from the
+/// file and from the environment alike, instead of billing the default price.
+#[tokio::test]
+async fn an_unknown_integration_in_the_settings_is_refused_by_every_verb() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let env = [
+        (
+            "NOTIMETER_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("n.db").display()),
+        ),
+        (
+            "NOTIMETER_REPORTS_DIR",
+            dir.path().join("reports").display().to_string(),
+        ),
+        ("NOTIMETER_LISTEN", listen.to_string()),
+    ];
+    let config = dir.path().join("c.toml");
+    let path = config.to_str().unwrap();
+    let refused = |out: std::process::Output, key: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("unknown integration \"smz\"") && stderr.contains(key),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("email, slack, sms, telegram, webhook"),
+            "{stderr}"
+        );
+    };
+
+    std::fs::write(&config, "[billing.user_prices.\"c1\"]\nsmz = \"3\"\n").unwrap();
+    for verb in [&["migrate"][..], &["serve"], &["ledger", "close"]] {
+        let args = [&["--config", path][..], verb].concat();
+        refused(notimeter(&args, &env), "billing.user_prices.c1.smz");
+    }
+    assert!(
+        !dir.path().join("n.db").exists(),
+        "refused before the store"
+    );
+    for (verb, variable) in [
+        ("migrate", "NOTIMETER_BILLING__USER_PRICES__C1__SMZ"),
+        ("serve", "NOTIMETER_LIMITS__DEFAULT__SMZ"),
+    ] {
+        let env = [&env[..], &[(variable, "3".to_owned())]].concat();
+        let key = variable.trim_start_matches("NOTIMETER_").replace("__", ".");
+        refused(notimeter(&[verb], &env), &key);
+    }
+
+    // Spelled right, the same settings load, migrate and serve.
+    std::fs::write(&config, "[billing.user_prices.\"c1\"]\nsms = \"3\"\n").unwrap();
+    let out = notimeter(&["--config", path, "migrate"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_notimeter"))
+        .args(["--config", path, "serve"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("NOTIMETER_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start notimeter");
+    wait_ready(listen).await;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}
+
 on_both_backends!(shutdown_releases_sends_in_flight);
 
 async fn shutdown_releases_sends_in_flight(backend: Backend) {
@@ -331,13 +412,8 @@ async fn shutdown_releases_sends_in_flight(backend: Backend) {
     let database_url = app.database_url.clone();
     let stopped = app.stop_keeping_data().await; // returns once the bound has passed, not after 30 s
 
-    let pool = sqlx::AnyPool::connect(&database_url).await.unwrap();
     let (state, owner): (String, Option<String>) =
-        sqlx::query_as("SELECT state, lease_owner FROM messages")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
+        query_row(&database_url, "SELECT state, lease_owner FROM messages").await;
     assert_eq!(state, "pending");
     assert_eq!(
         owner, None,

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use notimeter::domain::IntegrationKind;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -15,7 +16,7 @@ on_both_backends!(
 async fn pacing_spaces_one_destination_without_holding_back_others(backend: Backend) {
     let pace = Duration::from_millis(400);
     let app = spawn_app_with(&backend, |s| {
-        s.dispatch.pace.insert("slack".into(), pace.into());
+        s.dispatch.pace.insert(IntegrationKind::Slack, pace.into());
     })
     .await;
     let sink = Sink::start().await;
@@ -83,10 +84,10 @@ async fn plan_limit_fails_without_sending(backend: Backend) {
         s.sms.account_sid = Some("AC1".into());
         s.sms.auth_token = Some(notimeter::config::Secret::new("t"));
         s.sms.from = Some("+15005550006".into());
-        s.limits.default.insert("sms".into(), 2);
+        s.limits.default.insert(IntegrationKind::Sms, 2);
         s.limits
             .users
-            .insert("vip".into(), [("sms".to_owned(), 10)].into());
+            .insert("vip".into(), [(IntegrationKind::Sms, 10)].into());
     })
     .await;
     app.put_channel(
@@ -141,16 +142,11 @@ async fn plan_limit_fails_without_sending(backend: Backend) {
         .await,
         0.0
     );
-    let (reason, attempts): (String, i64) = {
-        let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
-        let row =
-            sqlx::query_as("SELECT last_reason, attempts FROM messages WHERE state = 'failed'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        pool.close().await;
-        row
-    };
+    let (reason, attempts): (String, i64) = query_row(
+        &app.database_url,
+        "SELECT last_reason, attempts FROM messages WHERE state = 'failed'",
+    )
+    .await;
     assert_eq!((reason.as_str(), attempts), ("rateLimited", 0));
     app.stop().await;
 }

@@ -1,6 +1,8 @@
 //! Black-box tests: the real router on port 0, a real database, local servers
 //! standing in for the internet. Each test runs on SQLite, and again on
-//! PostgreSQL when NOTIMETER_TEST_POSTGRES_URL is set.
+//! PostgreSQL in an ignored variant (`cargo test -- --include-ignored` with
+//! NOTIMETER_TEST_POSTGRES_URL set); tests that need a tool beyond Cargo are
+//! ignored too, with the reason.
 
 mod helpers;
 

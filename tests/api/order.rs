@@ -79,6 +79,10 @@ async fn billed_once_superseded_listed(app: &TestApp) {
     assert_eq!(outcomes, ["delivered", "superseded"], "{items}");
 }
 
+/// Further ahead than any hold or retry in these tests (`retry-after: 1`,
+/// the test settings' backoff): moved this far, whatever is still waiting is due.
+const PAST_RETRIES: Duration = Duration::from_secs(5);
+
 /// Posts DiskFull firing, then (after `pause`, counted from the firing's
 /// first send) its resolution, to a Slack webhook that answers the first send
 /// with `first_reply`; the channel must end on RESOLVED, the firing superseded.
@@ -96,7 +100,13 @@ async fn firing_then_resolved(backend: Backend, first_reply: Reply, pause: Durat
     assert_eq!(r.status(), 200);
     slack.wait_for("/hook", 2).await;
     app.wait_idle().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the firing's hold and any retry of it: nothing is left to send.
+    app.clock.advance(PAST_RETRIES);
+    assert_eq!(app.drain_outbox().await, 0, "nothing left to send");
+    eventually("the resolution counted", || async {
+        app.notifications("u1", "slack", "delivered").await >= 1.0
+    })
+    .await;
 
     assert_eq!(titles(&slack.received_on("/hook")), ["FIRING", "RESOLVED"]);
     assert_eq!(app.notifications("u1", "slack", "superseded").await, 1.0);
@@ -138,6 +148,9 @@ async fn a_retrying_group_does_not_hold_back_other_groups(backend: Backend) {
     assert_eq!(app.post_alerts(&group("A")).await.status(), 200);
     sink.wait_for("/hook", 1).await;
     assert_eq!(app.post_alerts(&group("B")).await.status(), 200);
+    sink.wait_for("/hook", 2).await;
+    // A's retry is due only once its backoff has passed on the app's clock.
+    app.clock.advance(Duration::from_secs(3));
     let got = sink.wait_for("/hook", 3).await;
     let keys: Vec<String> = got
         .iter()
@@ -153,7 +166,7 @@ async fn a_retrying_group_does_not_hold_back_other_groups(backend: Backend) {
 /// sends go in acceptance order and end on the last state posted.
 async fn replicas_keep_each_groups_order(backend: Backend) {
     let a = spawn_app(&backend).await;
-    let b = start(a.settings.clone(), a.dir.clone()).await;
+    let b = a.replica().await;
     let sink = Sink::start().await;
     let replies: Vec<Reply> = (0..40)
         .map(|i| {
@@ -186,6 +199,8 @@ async fn replicas_keep_each_groups_order(backend: Backend) {
                     .await
                     .unwrap();
                 assert_eq!(r.status(), 200);
+                // A group's next state comes later, not at once (as
+                // Alertmanager's group_interval spaces them): a real pause.
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
         });
@@ -195,7 +210,10 @@ async fn replicas_keep_each_groups_order(backend: Backend) {
     }
     a.wait_idle().await;
     b.wait_idle().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past every hold and retry, on both replicas: nothing is left to send.
+    a.clock.advance(PAST_RETRIES);
+    assert_eq!(a.drain_outbox().await, 0, "nothing left for replica a");
+    assert_eq!(b.drain_outbox().await, 0, "nothing left for replica b");
 
     let got = sink.received_on("/hook");
     let mut by_group: std::collections::BTreeMap<String, Vec<(usize, bool)>> = Default::default();

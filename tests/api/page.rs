@@ -12,9 +12,10 @@ use crate::helpers::*;
 
 async fn app_with_traffic() -> (TestApp, Sink) {
     let app = spawn_app_with(&Backend::Sqlite, |s| {
-        s.billing
-            .prices
-            .insert("webhook".into(), "0.005".parse().unwrap());
+        s.billing.prices.insert(
+            notimeter::domain::IntegrationKind::Webhook,
+            "0.005".parse().unwrap(),
+        );
     })
     .await;
     let sink = Sink::start().await;
@@ -54,11 +55,10 @@ async fn app_with_traffic() -> (TestApp, Sink) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver (apt-get install chromium chromium-driver); run with --include-ignored"]
 async fn finance_page_in_headless_chromium() {
-    if !installed("chromedriver") || !installed("chromium") {
-        eprintln!("skipped: chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)");
-        return;
-    }
+    require("chromium", "chromium");
+    require("chromedriver", "chromium-driver");
     let (app, _sink) = app_with_traffic().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -379,6 +379,19 @@ impl Resolve for Guard {
     }
 }
 
+/// The HTTP client for the operator's own services (Alertmanager, Consul),
+/// which the guard does not apply to: they are configured, not user-supplied;
+/// no request outlives `timeout`, so a hung service cannot hold a render (or
+/// the renderer's task) forever. Without a proxy: notimeter never takes one
+/// from `HTTP_PROXY` and the like, and `outbound_proxy` is for deliveries.
+pub fn operator_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .expect("the HTTP client builds, as reqwest::Client::new() would")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

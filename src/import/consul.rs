@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::clock::now_ms;
+use crate::channels::SaveError;
+use crate::clock::Clock;
 use crate::config::Settings;
-use crate::dispatch::guard::Guard;
-use crate::dispatch::{Registry, ValidateContext};
-use crate::domain::{ChannelId, ChannelSpec, UserId};
-use crate::store::{ChannelRecord, Store};
+use crate::dispatch::Registry;
+use crate::domain::{Channel, ChannelId, ChannelSpec, UserId};
+use crate::store::Store;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -127,10 +127,12 @@ fn channel_for(kind: &str, fields: &BTreeMap<String, String>) -> Result<ChannelS
     })
 }
 
-/// Upserts the channels found in `entries`; the channel id is `<type>-<alarm_id>`.
+/// Upserts the channels found in `entries`, through the same checks and path
+/// as `PUT`, stamped with `clock`'s time; the channel id is `<type>-<alarm_id>`.
 pub async fn import(
     store: &Store,
     settings: &Settings,
+    clock: &Clock,
     entries: &[Entry],
 ) -> anyhow::Result<Report> {
     let mut alarms: BTreeMap<(String, String, String), BTreeMap<String, String>> = BTreeMap::new();
@@ -153,48 +155,32 @@ pub async fn import(
         }
     }
     let registry = Registry::standard(settings);
-    let guard = Guard::new(settings.outbound_allow.clone());
-    let ctx = ValidateContext {
-        settings,
-        guard: &guard,
-    };
     for ((user, kind, alarm), fields) in alarms {
         let name = format!("users/{user}/alarms/{kind}/{alarm}");
-        let channel = format!("{kind}-{alarm}");
-        let checked = UserId::parse(&user)
-            .and_then(|u| ChannelId::parse(&channel).map(|c| (u, c)))
-            .and_then(|ids| channel_for(&kind, &fields).map(|spec| (ids, spec)))
-            .and_then(|(ids, spec)| {
-                let integration = registry
-                    .get(&spec.kind)
-                    .ok_or("integration not in this build")?;
-                integration
-                    .validate(&spec.settings, &ctx)
-                    .map(|()| (ids, spec))
-            });
-        match checked {
-            Err(why) => report.skipped.push((name, why)),
-            Ok(((user, channel), spec)) => {
-                let now = now_ms();
-                store
-                    .put_channel(&ChannelRecord {
-                        user_id: user.to_string(),
-                        channel_id: channel.to_string(),
-                        integration: spec.kind.clone(),
-                        enabled: true,
-                        spec: serde_json::to_string(&spec)?,
-                        created_at: now,
-                        updated_at: now,
-                    })
-                    .await?;
-                report
-                    .imported
-                    .push((user.to_string(), channel.to_string()));
+        let parsed = UserId::parse(&user)
+            .and_then(|u| ChannelId::parse(&format!("{kind}-{alarm}")).map(|c| (u, c)))
+            .and_then(|(u, c)| Channel::parse(u, c, channel_for(&kind, &fields)?));
+        let channel = match parsed {
+            Ok(channel) => channel,
+            Err(why) => {
+                report.skipped.push((name, why));
+                continue;
             }
+        };
+        match crate::channels::save(store, &registry, settings, clock, channel).await {
+            Ok(saved) => report.imported.push((
+                saved.channel.user_id.to_string(),
+                saved.channel.channel_id.to_string(),
+            )),
+            Err(SaveError::Invalid(why)) => report.skipped.push((name, why)),
+            Err(SaveError::Store(e)) => return Err(e.into()),
         }
     }
     Ok(report)
 }
+
+/// How long reading the `users/` tree from Consul may take.
+const CONSUL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads the `users/` tree live from Consul (`http://host:8500`).
 pub async fn fetch(address: &str) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
@@ -202,7 +188,7 @@ pub async fn fetch(address: &str) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
         "{}/v1/kv/users/?recurse=true",
         address.trim_end_matches('/')
     );
-    let r = super::publish::operator_client()
+    let r = crate::outbound::operator_client(CONSUL_TIMEOUT)
         .get(&url)
         .send()
         .await

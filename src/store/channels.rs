@@ -1,0 +1,165 @@
+//! The channels' statements: put, get, delete, list. A channel is stored as
+//! the body the admin API took (secrets included) and parsed into a
+//! [`Channel`] before it leaves the store.
+
+use super::{on, ChannelList, CorruptChannel, Result, Store, StoreError};
+use crate::clock::Millis;
+use crate::domain::{Channel, ChannelId, ChannelSpec, UserId};
+
+/// Selects every column of [`ChannelRow`] from `channels`.
+macro_rules! select_channels {
+    ($rest:literal) => {
+        concat!(
+            "SELECT user_id, channel_id, integration, enabled, spec, created_at, updated_at \
+             FROM channels ",
+            $rest
+        )
+    };
+}
+
+/// A channel's row: its body as the admin API took it (secrets included).
+#[derive(sqlx::FromRow)]
+struct ChannelRow {
+    user_id: String,
+    channel_id: String,
+    integration: String,
+    enabled: bool,
+    spec: String,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+impl ChannelRow {
+    fn decode(self) -> Result<Channel> {
+        let corrupt = |e: String| {
+            StoreError::Corrupt(format!("channel {}/{}: {e}", self.user_id, self.channel_id))
+        };
+        let spec: ChannelSpec =
+            serde_json::from_str(&self.spec).map_err(|e| corrupt(e.to_string()))?;
+        let user_id = UserId::parse(&self.user_id).map_err(corrupt)?;
+        let channel_id = ChannelId::parse(&self.channel_id).map_err(corrupt)?;
+        let mut channel = Channel::parse(user_id, channel_id, spec).map_err(corrupt)?;
+        if channel.kind().as_str() != self.integration {
+            return Err(corrupt(format!(
+                "its integration column says {:?}, its body {:?}",
+                self.integration,
+                channel.kind().as_str()
+            )));
+        }
+        channel.enabled = self.enabled;
+        channel.created_at = self.created_at;
+        channel.updated_at = self.updated_at;
+        Ok(channel)
+    }
+}
+
+/// Channels that parse; one that does not is logged and left out, so that it
+/// stops no other.
+fn decode_all(rows: Vec<ChannelRow>) -> Vec<Channel> {
+    let mut channels = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.decode() {
+            Ok(ch) => channels.push(ch),
+            Err(e) => tracing::error!(error = %e, "a stored channel is corrupt; it is left out"),
+        }
+    }
+    channels
+}
+
+impl Store {
+    /// Creates or replaces a channel (its `updated_at` is the time saved;
+    /// `created_at` is kept on a replace); returns true when it was created.
+    pub async fn put_channel(&self, ch: &Channel) -> Result<bool> {
+        let ch = ch.clone();
+        self.detached(move |store| async move { store.put_channel_now(&ch).await })
+            .await
+    }
+
+    async fn put_channel_now(&self, ch: &Channel) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let existed = on!(tx.conn(), |c| sqlx::query(
+            "SELECT 1 FROM channels WHERE user_id = $1 AND channel_id = $2"
+        )
+        .bind(ch.user_id.as_str())
+        .bind(ch.channel_id.as_str())
+        .fetch_optional(c)
+        .await?
+        .is_some());
+        on!(tx.conn(), |c| {
+            sqlx::query(
+                "INSERT INTO channels (user_id, channel_id, integration, enabled, spec, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                 ON CONFLICT (user_id, channel_id) DO UPDATE SET integration = excluded.integration, \
+                   enabled = excluded.enabled, spec = excluded.spec, updated_at = excluded.updated_at",
+            )
+            .bind(ch.user_id.as_str())
+            .bind(ch.channel_id.as_str())
+            .bind(ch.kind().as_str())
+            .bind(ch.enabled)
+            .bind(ch.stored_spec())
+            .bind(ch.updated_at)
+            .execute(c)
+            .await?;
+        });
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    /// One channel; a stored channel that no longer parses is `Corrupt`.
+    pub async fn get_channel(&self, user_id: &str, channel_id: &str) -> Result<Option<Channel>> {
+        let row: Option<ChannelRow> = on!(self.reader(), |c| sqlx::query_as(select_channels!(
+            "WHERE user_id = $1 AND channel_id = $2"
+        ))
+        .bind(user_id)
+        .bind(channel_id)
+        .fetch_optional(c)
+        .await?);
+        row.map(ChannelRow::decode).transpose()
+    }
+
+    pub async fn delete_channel(&self, user_id: &str, channel_id: &str) -> Result<bool> {
+        let deleted = on!(self.writer(), |c| sqlx::query(
+            "DELETE FROM channels WHERE user_id = $1 AND channel_id = $2"
+        )
+        .bind(user_id)
+        .bind(channel_id)
+        .execute(c)
+        .await?
+        .rows_affected());
+        Ok(deleted > 0)
+    }
+
+    /// A user's channels, by channel_id.
+    pub async fn list_channels(&self, user_id: &str) -> Result<Vec<Channel>> {
+        let rows = on!(self.reader(), |c| sqlx::query_as(select_channels!(
+            "WHERE user_id = $1 ORDER BY channel_id"
+        ))
+        .bind(user_id)
+        .fetch_all(c)
+        .await?);
+        Ok(decode_all(rows))
+    }
+
+    /// Every enabled channel, sorted by user_id then channel_id, and those
+    /// that no longer parse.
+    pub async fn enabled_channels(&self) -> Result<ChannelList> {
+        let rows: Vec<ChannelRow> = on!(self.reader(), |c| sqlx::query_as(select_channels!(
+            "WHERE enabled = TRUE ORDER BY user_id, channel_id"
+        ))
+        .fetch_all(c)
+        .await?);
+        let mut list = ChannelList::default();
+        for row in rows {
+            let (user_id, channel_id) = (row.user_id.clone(), row.channel_id.clone());
+            match row.decode() {
+                Ok(ch) => list.channels.push(ch),
+                Err(e) => list.corrupt.push(CorruptChannel {
+                    user_id,
+                    channel_id,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok(list)
+    }
+}

@@ -1,0 +1,530 @@
+//! The outbox's statements: enqueue (with dedupe and supersession), claim,
+//! release, record, the pending count, dedupe pruning.
+
+use super::ledger::{period_now, PeriodNow};
+use super::{
+    on, AttemptRecord, ClaimedMessage, Dialect, Enqueued, IngestBatch, NewMessage, Outcome,
+    Recorded, Result, Store, Superseded, Tx,
+};
+use crate::clock::Millis;
+use crate::domain::{AttemptResult, Reason};
+
+/// The claim statement both backends run, with the row-locking clause a
+/// backend adds to its inner select (PostgreSQL: `FOR UPDATE OF m SKIP
+/// LOCKED`, so replicas never claim the same row). It leases up to `$4` due
+/// messages to `$1` until `$2` (`$3` is now), none while an older message of
+/// its (channel, group) is still pending: a group is delivered in the order
+/// it was accepted.
+macro_rules! claim_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE messages SET lease_owner = $1, lease_until = $2 \
+             WHERE id IN (SELECT m.id FROM messages m \
+                          WHERE m.state = 'pending' AND m.due_at <= $3 \
+                            AND (m.lease_until IS NULL OR m.lease_until <= $3) \
+                            AND NOT EXISTS (SELECT 1 FROM messages o WHERE o.user_id = m.user_id \
+                              AND o.channel_id = m.channel_id AND o.group_key = m.group_key \
+                              AND o.state = 'pending' AND o.id < m.id AND m.group_key <> '') \
+                          ORDER BY m.due_at LIMIT $4 ",
+            $lock,
+            ") RETURNING id, user_id, channel_id, integration, payload, created_at, attempts, paced"
+        )
+    };
+}
+pub(super) use claim_sql;
+
+/// The key of a (channel, group) lock: user, channel and group joined by a
+/// separator that none of them contains.
+fn group_lock_key(user_id: &str, channel_id: &str, group_key: &str) -> String {
+    format!("{user_id}\u{1f}{channel_id}\u{1f}{group_key}")
+}
+
+/// Locks these (channel, group) keys for the rest of the transaction, in
+/// sorted order so that two transactions never wait on each other. Nothing
+/// where the backend has no group locks.
+async fn lock_groups(tx: &mut Tx, keys: impl Iterator<Item = String>) -> Result<()> {
+    let keys: std::collections::BTreeSet<String> = keys.collect();
+    on!(
+        tx.conn(),
+        |c, D| if let Some(sql) = <D as Dialect>::LOCK_GROUP {
+            for key in keys {
+                sqlx::query(sql).bind(key).execute(&mut *c).await?;
+            }
+        }
+    );
+    Ok(())
+}
+
+/// Whether the backend takes (channel, group) locks at all.
+fn locks_groups(tx: &mut Tx) -> bool {
+    on!(tx.conn(), |_c, D| <D as Dialect>::LOCK_GROUP.is_some())
+}
+
+/// The state a recorded message ends in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Final {
+    Delivered,
+    Failed,
+    /// A newer message of its (channel, group) is queued: never sent again,
+    /// not billed.
+    Superseded,
+}
+
+impl Final {
+    fn as_str(self) -> &'static str {
+        match self {
+            Final::Delivered => "delivered",
+            Final::Failed => "failed",
+            Final::Superseded => "superseded",
+        }
+    }
+}
+
+/// Attempts made, this one included if anything was sent.
+fn attempts_made(r: &AttemptRecord) -> i64 {
+    if r.attempted {
+        r.attempt
+    } else {
+        r.attempt - 1
+    }
+}
+
+/// The failure reason, none for a success.
+fn reason(r: &AttemptRecord) -> Option<Reason> {
+    r.result.and_then(AttemptResult::reason)
+}
+
+impl Store {
+    /// Records the dedupe key and every message and undeliverable alert in one
+    /// transaction. A key seen within its window makes the whole batch a duplicate.
+    pub async fn enqueue(&self, batch: IngestBatch) -> Result<Enqueued> {
+        self.enqueue_telling(batch, None).await
+    }
+
+    /// Like [`Store::enqueue`], sending on `begun` once the write transaction
+    /// has begun (SQLite: once it holds the write lock), so that a caller can
+    /// tell a store that cannot take the write from one that is taking it.
+    #[tracing::instrument(name = "store.enqueue", skip_all, fields(
+        messages = batch.messages.len(),
+        undeliverable = batch.undeliverable.len(),
+    ))]
+    pub async fn enqueue_telling(
+        &self,
+        batch: IngestBatch,
+        begun: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Enqueued> {
+        self.detached(move |store| async move { store.enqueue_now(&batch, begun).await })
+            .await
+    }
+
+    async fn enqueue_now(
+        &self,
+        batch: &IngestBatch,
+        begun: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Enqueued> {
+        let mut tx = self.write_tx().await?;
+        if let Some(begun) = begun {
+            let _ = begun.send(());
+        }
+        let groups = batch
+            .messages
+            .iter()
+            .filter(|m| !m.group_key.is_empty())
+            .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key));
+        lock_groups(&mut tx, groups).await?;
+        let fresh = on!(tx.conn(), |c| sqlx::query(
+            "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE dedupe.expires_at <= $3",
+        )
+        .bind(&batch.dedupe_key)
+        .bind(batch.dedupe_expires_at)
+        .bind(batch.now)
+        .execute(c)
+        .await?
+        .rows_affected())
+            > 0;
+        if !fresh {
+            tx.rollback().await?;
+            return Ok(Enqueued::Duplicate);
+        }
+        let mut superseded = Vec::new();
+        let mut period = PeriodNow::new(&self.clock);
+        for m in &batch.messages {
+            if !m.group_key.is_empty() {
+                supersede_waiting(&mut tx, m, &mut period, &mut superseded).await?;
+            }
+            insert_message(&mut tx, m, batch.now).await?;
+        }
+        for u in &batch.undeliverable {
+            on!(tx.conn(), |c| {
+                sqlx::query(
+                    "INSERT INTO undeliverable (received_at, user_id, raw_user_id, receiver, reason, alert) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(batch.now)
+                .bind(&u.user_id)
+                .bind(&u.raw_user_id)
+                .bind(&u.receiver)
+                .bind(u.reason)
+                .bind(&u.alert)
+                .execute(c)
+                .await?;
+            });
+        }
+        tx.commit().await?;
+        Ok(Enqueued::Accepted { superseded })
+    }
+
+    pub async fn prune_dedupe(&self, now: Millis) -> Result<u64> {
+        Ok(on!(self.writer(), |c| sqlx::query(
+            "DELETE FROM dedupe WHERE expires_at <= $1"
+        )
+        .bind(now)
+        .execute(c)
+        .await?
+        .rows_affected()))
+    }
+
+    /// Leases up to `limit` due messages to `owner` until `lease_until`.
+    #[tracing::instrument(name = "store.claim", level = "debug", skip_all, fields(limit = limit))]
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: i64,
+    ) -> Result<Vec<ClaimedMessage>> {
+        Ok(on!(self.writer(), |c, D| sqlx::query_as(
+            <D as Dialect>::CLAIM
+        )
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(c)
+        .await?))
+    }
+
+    /// Gives leased messages back (on shutdown) so another worker takes them now.
+    pub async fn release(&self, owner: &str, ids: &[i64]) -> Result<()> {
+        let (owner, ids) = (owner.to_owned(), ids.to_vec());
+        self.detached(move |store| async move { store.release_now(&owner, &ids).await })
+            .await
+    }
+
+    async fn release_now(&self, owner: &str, ids: &[i64]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for id in ids {
+            on!(tx.conn(), |c| {
+                sqlx::query(
+                    "UPDATE messages SET lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+                )
+                .bind(id)
+                .bind(owner)
+                .execute(c)
+                .await?;
+            });
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores finished attempts in one transaction. Only an owner still holding
+    /// its lease may write: a message taken over after an expired lease is
+    /// counted by its new holder, never twice. Returns, per record, whether it
+    /// was applied.
+    #[tracing::instrument(name = "store.record", skip_all, fields(
+        records = records.len(),
+        message_id = records.first().map(|r| r.message_id),
+    ))]
+    pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
+        let (owner, records) = (owner.to_owned(), records.to_vec());
+        self.detached(move |store| async move { store.record_now(&owner, &records).await })
+            .await
+    }
+
+    async fn record_now(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
+        let mut tx = self.write_tx().await?;
+        lock_waiting_groups(&mut tx, records).await?;
+        // The open period, and the time outcomes become final: read once,
+        // under the period lock, so that every final_at lies inside the
+        // period billing it.
+        let mut period = PeriodNow::new(&self.clock);
+        let mut recorded = Vec::with_capacity(records.len());
+        for r in records {
+            recorded.push(record_one(&mut tx, owner, r, &mut period).await?);
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    pub async fn pending_count(&self) -> Result<i64> {
+        Ok(on!(self.reader(), |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE state = 'pending'"
+        )
+        .fetch_one(c)
+        .await?))
+    }
+}
+
+async fn insert_message(tx: &mut Tx, m: &NewMessage, now: Millis) -> Result<()> {
+    on!(tx.conn(), |c| {
+        sqlx::query(
+            "INSERT INTO messages (user_id, channel_id, integration, group_key, payload, \
+               alert_count, alertnames, state, created_at, due_at, attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, 0)",
+        )
+        .bind(&m.user_id)
+        .bind(&m.channel_id)
+        .bind(m.integration)
+        .bind(&m.group_key)
+        .bind(&m.payload)
+        .bind(m.alert_count)
+        .bind(&m.alertnames)
+        .bind(now)
+        .execute(c)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Makes the messages of `m`'s (channel, group) that are still waiting
+/// (for a retry, a hold or pacing; not those being sent right now) final
+/// as superseded: `m` carries the group's newer state.
+async fn supersede_waiting(
+    tx: &mut Tx,
+    m: &NewMessage,
+    period: &mut PeriodNow,
+    superseded: &mut Vec<Superseded>,
+) -> Result<()> {
+    let waiting: Vec<i64> = on!(tx.conn(), |c| sqlx::query_scalar(
+        "SELECT id FROM messages WHERE user_id = $1 AND channel_id = $2 AND group_key = $3 \
+         AND state = 'pending' AND lease_owner IS NULL",
+    )
+    .bind(&m.user_id)
+    .bind(&m.channel_id)
+    .bind(&m.group_key)
+    .fetch_all(c)
+    .await?);
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let (period_id, final_at) = period_now(tx, period).await?;
+    for id in waiting {
+        let done = on!(tx.conn(), |c| sqlx::query(
+            "UPDATE messages SET state = 'superseded', final_at = $1, period_id = $2, \
+               paced = FALSE, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $3 AND state = 'pending' AND lease_owner IS NULL",
+        )
+        .bind(final_at)
+        .bind(&period_id)
+        .bind(id)
+        .execute(c)
+        .await?
+        .rows_affected());
+        if done > 0 {
+            superseded.push(Superseded {
+                message_id: id,
+                user_id: m.user_id.clone(),
+                integration: m.integration,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Locks the (channel, group) of every record that would make its message
+/// wait, where the backend has group locks: a newer message of the group
+/// is then either committed before (and the record supersedes) or enqueued
+/// after (and supersedes the waiting one).
+async fn lock_waiting_groups(tx: &mut Tx, records: &[AttemptRecord]) -> Result<()> {
+    if !locks_groups(tx) {
+        return Ok(());
+    }
+    let mut groups = Vec::new();
+    for r in records.iter().filter(|r| waits(r.outcome)) {
+        let row: Option<(String, String, String)> = on!(tx.conn(), |c| sqlx::query_as(
+            "SELECT user_id, channel_id, group_key FROM messages WHERE id = $1"
+        )
+        .bind(r.message_id)
+        .fetch_optional(c)
+        .await?);
+        if let Some((user_id, channel_id, group)) = row.filter(|(_, _, g)| !g.is_empty()) {
+            groups.push(group_lock_key(&user_id, &channel_id, &group));
+        }
+    }
+    lock_groups(tx, groups.into_iter()).await
+}
+
+/// Whether an outcome sends its message back to wait (a retry, a deferral).
+fn waits(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Defer { .. } | Outcome::Retry { .. })
+}
+
+/// Stores one attempt's outcome: the message finished or rescheduled, the
+/// attempt row, and the usage count of a billable final outcome.
+async fn record_one(
+    tx: &mut Tx,
+    owner: &str,
+    r: &AttemptRecord,
+    period: &mut PeriodNow,
+) -> Result<Recorded> {
+    // A message that would wait while a newer one of its group is queued is
+    // superseded instead: final, never sent again.
+    let superseded = waits(r.outcome) && has_newer_in_group(tx, r.message_id).await?;
+    let state = match r.outcome {
+        _ if superseded => Some(Final::Superseded),
+        Outcome::Delivered => Some(Final::Delivered),
+        Outcome::Failed => Some(Final::Failed),
+        Outcome::Retry { .. } | Outcome::Defer { .. } => None,
+    };
+    let billed_in = match state {
+        Some(state) => {
+            let (period_id, final_at) = period_now(tx, period).await?;
+            if !finish_message(tx, owner, r, state, &period_id, final_at).await? {
+                return Ok(Recorded::LeaseLost);
+            }
+            (state != Final::Superseded).then_some(period_id)
+        }
+        None => {
+            if !reschedule_message(tx, owner, r).await? {
+                return Ok(Recorded::LeaseLost);
+            }
+            None
+        }
+    };
+    if r.attempted {
+        insert_attempt(tx, r).await?;
+    }
+    if let Some(period_id) = billed_in {
+        count_usage(tx, &period_id, r).await?;
+    }
+    Ok(if superseded {
+        Recorded::Superseded
+    } else {
+        Recorded::Applied
+    })
+}
+
+/// Makes a message final in `period_id` at `final_at`, if `owner` still
+/// holds its lease; false when it does not.
+async fn finish_message(
+    tx: &mut Tx,
+    owner: &str,
+    r: &AttemptRecord,
+    state: Final,
+    period_id: &str,
+    final_at: Millis,
+) -> Result<bool> {
+    let updated = on!(tx.conn(), |c| sqlx::query(
+        "UPDATE messages SET state = $1, attempts = $2, final_at = $3, last_reason = $4, \
+           last_error = $5, period_id = $6, paced = FALSE, lease_owner = NULL, lease_until = NULL \
+         WHERE id = $7 AND state = 'pending' AND lease_owner = $8",
+    )
+    .bind(state.as_str())
+    .bind(attempts_made(r))
+    .bind(final_at)
+    .bind(reason(r))
+    .bind(&r.error)
+    .bind(period_id)
+    .bind(r.message_id)
+    .bind(owner)
+    .execute(c)
+    .await?
+    .rows_affected());
+    Ok(updated > 0)
+}
+
+/// Sends a message back to wait (a retry, a deferral), if `owner` still
+/// holds its lease; false when it does not.
+async fn reschedule_message(tx: &mut Tx, owner: &str, r: &AttemptRecord) -> Result<bool> {
+    let updated = match r.outcome {
+        Outcome::Defer { due_at, paced } => on!(tx.conn(), |c| {
+            sqlx::query(
+                "UPDATE messages SET due_at = $1, paced = $2, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $3 AND state = 'pending' AND lease_owner = $4",
+            )
+            .bind(due_at)
+            .bind(paced)
+            .bind(r.message_id)
+            .bind(owner)
+            .execute(c)
+            .await?
+            .rows_affected()
+        }),
+        Outcome::Retry { due_at } => on!(tx.conn(), |c| {
+            sqlx::query(
+                "UPDATE messages SET attempts = $1, due_at = $2, last_reason = $3, \
+                   last_error = $4, paced = FALSE, lease_owner = NULL, lease_until = NULL \
+                 WHERE id = $5 AND state = 'pending' AND lease_owner = $6",
+            )
+            .bind(attempts_made(r))
+            .bind(due_at)
+            .bind(reason(r))
+            .bind(&r.error)
+            .bind(r.message_id)
+            .bind(owner)
+            .execute(c)
+            .await?
+            .rows_affected()
+        }),
+        Outcome::Delivered | Outcome::Failed => unreachable!("final outcomes have a state"),
+    };
+    Ok(updated > 0)
+}
+
+/// Whether a newer message of this message's (channel, group) is pending.
+async fn has_newer_in_group(tx: &mut Tx, message_id: i64) -> Result<bool> {
+    Ok(on!(tx.conn(), |c| sqlx::query(
+        "SELECT 1 FROM messages m JOIN messages n ON n.user_id = m.user_id \
+           AND n.channel_id = m.channel_id AND n.group_key = m.group_key \
+         WHERE m.id = $1 AND m.group_key <> '' AND n.state = 'pending' AND n.id > m.id LIMIT 1",
+    )
+    .bind(message_id)
+    .fetch_optional(c)
+    .await?
+    .is_some()))
+}
+
+async fn insert_attempt(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
+    on!(tx.conn(), |c| {
+        sqlx::query(
+            "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(r.message_id)
+        .bind(r.attempt)
+        .bind(r.started_at)
+        .bind(r.duration_ms)
+        .bind(r.result)
+        .bind(r.status_code)
+        .bind(&r.error)
+        .bind(r.segments)
+        .execute(c)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Counts a delivered or failed message in its period's usage.
+async fn count_usage(tx: &mut Tx, period_id: &str, r: &AttemptRecord) -> Result<()> {
+    let delivered = r.outcome == Outcome::Delivered;
+    on!(tx.conn(), |c| {
+        sqlx::query(
+            "INSERT INTO usage (period_id, user_id, integration, delivered, failed) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (period_id, user_id, integration) DO UPDATE SET \
+               delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed",
+        )
+        .bind(period_id)
+        .bind(&r.user_id)
+        .bind(r.integration)
+        .bind(i64::from(delivered))
+        .bind(i64::from(!delivered))
+        .execute(c)
+        .await?;
+    });
+    Ok(())
+}
