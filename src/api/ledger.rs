@@ -131,8 +131,9 @@ pub async fn items_csv(
     let store = state.store.clone();
     let period_id = period.id.clone();
     let body = stream::body(move |chunks| async move {
-        let Ok(mut w) = csv::items_writer(chunks.writer()) else {
-            return;
+        let mut w = match csv::items_writer(chunks.writer()) {
+            Ok(w) => w,
+            Err(e) => return chunks.fail(e).await,
         };
         chunks
             .write_all(store.items(&period_id), |i| {

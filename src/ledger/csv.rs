@@ -110,6 +110,8 @@ impl<'a, W: std::io::Write> LedgerWriter<'a, W> {
             .terminator(::csv::Terminator::CRLF)
             .from_writer(out);
         w.write_record(HEADER)?;
+        // The header reaches `out` now: a report with no rows is still a CSV.
+        w.flush()?;
         Ok(Self {
             w,
             id: formula_safe(&period.id).into_owned(),
@@ -168,6 +170,8 @@ pub fn items_writer<W: std::io::Write>(out: W) -> Result<::csv::Writer<W>, ::csv
         .terminator(::csv::Terminator::CRLF)
         .from_writer(out);
     w.write_record(ITEMS_HEADER)?;
+    // The header reaches `out` now: a period with no messages is still a CSV.
+    w.flush()?;
     Ok(w)
 }
 

@@ -22,6 +22,7 @@ on_both_backends!(
     retention_prunes_details_but_not_the_ledger,
     finance_reads_admin_closes,
     a_corrupt_frozen_price_fails_the_download_instead_of_billing_zero,
+    a_period_without_messages_downloads_as_a_header_only_csv,
 );
 
 async fn close(app: &TestApp) -> Value {
@@ -705,5 +706,27 @@ async fn finance_reads_admin_closes(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(periods(&app).await.len(), 1);
+    app.stop().await;
+}
+
+/// A period with nothing in it, streamed from the store (the open period, or
+/// a closed one whose report is being written), is a CSV with its header:
+/// never an empty body.
+async fn a_period_without_messages_downloads_as_a_header_only_csv(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let open = periods(&app).await[0]["period_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ledger = bytes(&app, &format!("/v1/ledger/periods/{open}.csv")).await;
+    assert_eq!(
+        String::from_utf8(ledger).unwrap(),
+        format!("{}\r\n", notimeter::ledger::csv::HEADER.join(","))
+    );
+    let items = bytes(&app, &format!("/v1/ledger/periods/{open}/items.csv")).await;
+    assert_eq!(
+        String::from_utf8(items).unwrap(),
+        format!("{}\r\n", notimeter::ledger::csv::ITEMS_HEADER.join(","))
+    );
     app.stop().await;
 }
