@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::dispatch::{Dispatcher, Registry, SendContext};
 use crate::ledger::{scheduler, Ledger};
 use crate::metering::Metrics;
+use crate::routing::Routes;
 use crate::server;
 use crate::state::AppState;
 use crate::store::{self, Store};
@@ -95,6 +96,9 @@ impl Application {
         }
         let registry = Registry::standard(&settings);
         let store = open_store(&settings, &clock).await?;
+        let routes = Routes::load(store.clone())
+            .await
+            .context("loading the channels")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -115,6 +119,7 @@ impl Application {
             metrics,
             settings,
             store,
+            routes,
             registry,
             wake: Arc::new(Notify::new()),
             ledger,
@@ -125,6 +130,7 @@ impl Application {
         let ctx = SendContext::new(state.settings.clone()).context("building the HTTP client")?;
         let dispatcher = Arc::new(Dispatcher::new(
             state.store.clone(),
+            state.routes.clone(),
             state.registry.clone(),
             Arc::new(ctx),
             &state.settings,
@@ -190,6 +196,7 @@ impl Application {
             shutdown.clone(),
         ));
         let renders = tokio::spawn(run_renderer(state.clone(), shutdown.clone()));
+        let routes = tokio::spawn(state.routes.clone().follow(shutdown.clone()));
         let retention = tokio::spawn(scheduler::run_retention(
             state.ledger.clone(),
             shutdown.clone(),
@@ -224,7 +231,7 @@ impl Application {
         };
         let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         wind_down(
-            [pruner, closes, renders, retention, dispatch_task],
+            [pruner, closes, renders, retention, routes, dispatch_task],
             &state.store,
             deadline,
             settings.shutdown_timeout,
@@ -239,7 +246,7 @@ impl Application {
 /// `shutdown_timeout`: what has not finished by then is left to its lease,
 /// which expires and hands the message to another worker.
 async fn wind_down(
-    mut tasks: [tokio::task::JoinHandle<()>; 5],
+    mut tasks: [tokio::task::JoinHandle<()>; 6],
     store: &Store,
     deadline: tokio::time::Instant,
     shutdown_timeout: Duration,
@@ -306,17 +313,40 @@ async fn run_renderer(state: AppState, shutdown: CancellationToken) {
     }
 }
 
+/// How long changes stay in the channel log: a process that has not read it
+/// for longer (stopped, or cut off from the store) reloads every channel.
+const CHANNEL_LOG_KEPT: Duration = Duration::from_secs(3600);
+
+/// Every minute: expired dedupe keys (in bounded batches, so ingest never
+/// waits long behind the prune) and old channel log entries.
 async fn prune_dedupe(store: Arc<Store>, clock: Clock, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
-        if let Err(e) = store.prune_dedupe(clock.now_ms()).await {
-            error!(error = ?anyhow::Error::from(e), "pruning dedupe keys failed");
+        let now = clock.now_ms();
+        loop {
+            match store.prune_dedupe(now, PRUNE_BATCH).await {
+                Ok(n) if n >= PRUNE_BATCH && !shutdown.is_cancelled() => {
+                    tokio::task::yield_now().await
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    error!(error = ?anyhow::Error::from(e), "pruning dedupe keys failed");
+                    break;
+                }
+            }
+        }
+        let before = now - crate::clock::duration_ms(CHANNEL_LOG_KEPT);
+        if let Err(e) = store.prune_channel_log(before).await {
+            error!(error = ?anyhow::Error::from(e), "pruning the channel log failed");
         }
     }
 }
+
+/// Dedupe keys deleted per statement.
+const PRUNE_BATCH: u64 = 5_000;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod metering;
 pub mod outbound;
 pub mod render;
+pub mod routing;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -62,7 +62,7 @@ pub async fn put(
         SaveError::Invalid(why) => ApiError::Unprocessable(why),
         SaveError::Store(e) => e.into(),
     })?;
-    state.render_trigger.notify_one();
+    state.channels_changed().await;
     let ch = &saved.channel;
     tracing::info!(user_id = %ch.user_id, channel_id = %ch.channel_id, integration = %ch.kind(), created = saved.created, "channel saved");
     let status = if saved.created {
@@ -96,7 +96,7 @@ pub async fn delete(
         .delete_channel(user.as_str(), channel.as_str())
         .await?
     {
-        state.render_trigger.notify_one();
+        state.channels_changed().await;
         tracing::info!(user_id = %user, channel_id = %channel, "channel deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -18,12 +18,15 @@ use super::retry::RetryPolicy;
 use super::{Reason, Registry, SendContext, SendError, Sent};
 use crate::clock::{duration_ms, Clock};
 use crate::config::{DispatchSettings, Settings};
-use crate::domain::{AttemptResult, ChannelSettings, WebhookPayload};
+use crate::domain::{AttemptResult, Channel, WebhookPayload};
 use crate::metering::{Final, Metrics};
+use crate::routing::{Lookup, Routes};
 use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store, StoreError};
 
 pub struct Dispatcher {
     store: Arc<Store>,
+    /// The channels, as the routing index holds them.
+    routes: Arc<Routes>,
     registry: Registry,
     ctx: Arc<SendContext>,
     policy: RetryPolicy,
@@ -54,7 +57,7 @@ enum Step {
 
 /// A message ready to send: its channel's settings and its payload.
 struct Prepared {
-    settings: ChannelSettings,
+    channel: Arc<Channel>,
     payload: WebhookPayload,
 }
 
@@ -66,8 +69,10 @@ struct Finished {
 
 impl Dispatcher {
     /// A dispatcher working by `settings`' `[dispatch]` and `[limits]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
+        routes: Arc<Routes>,
         registry: Registry,
         ctx: Arc<SendContext>,
         settings: &Settings,
@@ -78,6 +83,7 @@ impl Dispatcher {
         let (settings, limits) = (settings.dispatch.clone(), settings.limits.clone());
         Self {
             store,
+            routes,
             registry,
             ctx,
             policy: RetryPolicy::from(&settings),
@@ -212,20 +218,15 @@ impl Dispatcher {
         }
     }
 
-    /// Loads what a send needs; failures here are permanent, but for a store error.
-    async fn prepare(&self, msg: &ClaimedMessage) -> Result<Prepared, SendError> {
-        let channel = self
-            .store
-            .get_channel(&msg.user_id, &msg.channel_id)
-            .await
-            .map_err(|e| SendError {
-                reason: Reason::Other,
-                retryable: true,
-                retry_after: None,
-                status: None,
-                detail: format!("loading the channel failed: {e}"),
-            })?
-            .ok_or_else(|| SendError::permanent(Reason::Other, "the channel was deleted"))?;
+    /// What a send needs: the channel (from the routing index) and the
+    /// payload. Failures here are permanent.
+    fn prepare(&self, msg: &ClaimedMessage) -> Result<Prepared, SendError> {
+        let Lookup::Found(channel) = self.routes.channel(&msg.user_id, &msg.channel_id) else {
+            return Err(SendError::permanent(
+                Reason::Other,
+                "the channel was deleted",
+            ));
+        };
         if !channel.enabled {
             return Err(SendError::permanent(
                 Reason::Other,
@@ -235,26 +236,24 @@ impl Dispatcher {
         let payload: WebhookPayload = serde_json::from_str(&msg.payload).map_err(|e| {
             SendError::permanent(Reason::Other, format!("stored message is corrupt: {e}"))
         })?;
-        Ok(Prepared {
-            settings: channel.settings,
-            payload,
-        })
+        Ok(Prepared { channel, payload })
     }
 
     /// Plan limit (on a message's first try), pacing, then the send itself.
     async fn step(&self, msg: &ClaimedMessage) -> Step {
-        let p = match self.prepare(msg).await {
+        let p = match self.prepare(msg) {
             Ok(p) => p,
             Err(e) => return Step::Failed(e),
         };
-        let kind = p.settings.kind();
+        let settings = &p.channel.settings;
+        let kind = settings.kind();
         let now = self.clock.instant();
         if msg.attempts == 0 && !msg.paced {
             if let Err(limit) = self.limits.admit(&msg.user_id, kind, now) {
                 return Step::OverLimit(self.limits.describe(limit, kind));
             }
         }
-        let destination = self.registry.destination(&p.settings);
+        let destination = self.registry.destination(settings);
         let pace = self.settings.pace_for(kind);
         // With a pace, the slot is reserved for this message; with none, only a
         // destination's own "wait" (a 429's hint) defers it, and it checks again.
@@ -288,7 +287,7 @@ impl Dispatcher {
         };
         let sent = tokio::time::timeout(
             self.settings.send_timeout,
-            self.registry.send(&self.ctx, &p.settings, &p.payload),
+            self.registry.send(&self.ctx, settings, &p.payload),
         )
         .await;
         match sent {

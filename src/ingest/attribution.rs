@@ -14,7 +14,8 @@ use crate::domain::alert::{Envelope, InvalidAlert, OutgoingPayload};
 use crate::domain::{
     Alert, AlertStatus, Channel, ReceiverName, Target, UndeliverableReason, UserId,
 };
-use crate::store::{NewMessage, Store, StoreError, Undeliverable};
+use crate::routing::{Lookup, Routes};
+use crate::store::{NewMessage, Undeliverable};
 
 /// An alert with the user it is attributed to.
 struct Attributed {
@@ -107,12 +108,13 @@ impl Plan {
     }
 }
 
-/// Builds the messages and undeliverable records for one notification.
-pub async fn plan(
-    store: &Store,
+/// Builds the messages and undeliverable records for one notification, from
+/// the channels in the routing index.
+pub fn plan(
+    routes: &Routes,
     envelope: &Envelope,
     parsed: Vec<Result<Alert, InvalidAlert>>,
-) -> Result<Plan, StoreError> {
+) -> Plan {
     let mut plan = Plan::default();
     let mut alerts = Vec::with_capacity(parsed.len());
     for result in parsed {
@@ -141,35 +143,32 @@ pub async fn plan(
                 plan.undeliverable(envelope, a, UndeliverableReason::InvalidReceiver);
             }
         }
-        Target::Channel(receiver) => {
-            plan.for_channel(store, envelope, &receiver, &alerts)
-                .await?
-        }
-        Target::CatchAll => plan.for_catch_all(store, envelope, &alerts).await?,
+        Target::Channel(receiver) => plan.for_channel(routes, envelope, &receiver, &alerts),
+        Target::CatchAll => plan.for_catch_all(routes, envelope, &alerts),
     }
-    Ok(plan)
+    plan
 }
 
 impl Plan {
     /// A channel's own receiver: its user's alerts go to it alone.
-    async fn for_channel(
+    fn for_channel(
         &mut self,
-        store: &Store,
+        routes: &Routes,
         envelope: &Envelope,
         receiver: &ReceiverName,
         alerts: &[Attributed],
-    ) -> Result<(), StoreError> {
+    ) {
         let (own, others): (Vec<&Attributed>, Vec<&Attributed>) =
             alerts.iter().partition(|a| a.user == receiver.user_id);
         for a in others {
             self.undeliverable(envelope, a, UndeliverableReason::UserMismatch);
         }
         if own.is_empty() {
-            return Ok(());
+            return;
         }
         let (user, channel_id) = (&receiver.user_id, &receiver.channel_id);
-        let why = match store.get_channel(user.as_str(), channel_id.as_str()).await {
-            Ok(Some(ch)) if ch.enabled => {
+        let why = match routes.channel(user.as_str(), channel_id.as_str()) {
+            Lookup::Found(ch) if ch.enabled => {
                 let matched: BTreeSet<usize> =
                     self.offer(envelope, &ch, &own).into_iter().collect();
                 for (i, a) in own.iter().enumerate() {
@@ -177,40 +176,25 @@ impl Plan {
                         self.undeliverable(envelope, a, UndeliverableReason::NoMatchingChannel);
                     }
                 }
-                return Ok(());
+                return;
             }
-            Ok(Some(_)) => UndeliverableReason::ChannelDisabled,
-            Ok(None) => UndeliverableReason::UnknownChannel,
-            Err(StoreError::Corrupt(e)) => {
-                tracing::error!(user_id = %user, channel_id = %channel_id, error = %e, "stored channel is corrupt");
-                UndeliverableReason::UnknownChannel
-            }
-            Err(e) => return Err(e),
+            Lookup::Found(_) => UndeliverableReason::ChannelDisabled,
+            Lookup::Missing => UndeliverableReason::UnknownChannel,
         };
         own.iter()
             .for_each(|a| self.undeliverable(envelope, a, why));
-        Ok(())
     }
 
     /// Any other receiver: each user's alerts go to every enabled channel of
     /// theirs whose matchers take them.
-    async fn for_catch_all(
-        &mut self,
-        store: &Store,
-        envelope: &Envelope,
-        alerts: &[Attributed],
-    ) -> Result<(), StoreError> {
+    fn for_catch_all(&mut self, routes: &Routes, envelope: &Envelope, alerts: &[Attributed]) {
         let mut by_user: BTreeMap<&UserId, Vec<&Attributed>> = BTreeMap::new();
         for a in alerts {
             by_user.entry(&a.user).or_default().push(a);
         }
         for (user, own) in by_user {
-            let channels: Vec<Channel> = store
-                .list_channels(user.as_str())
-                .await?
-                .into_iter()
-                .filter(|c| c.enabled)
-                .collect();
+            let mut channels = routes.user_channels(user.as_str());
+            channels.retain(|c| c.enabled);
             if channels.is_empty() {
                 own.iter()
                     .for_each(|a| self.undeliverable(envelope, a, UndeliverableReason::NoChannel));
@@ -226,6 +210,5 @@ impl Plan {
                 }
             }
         }
-        Ok(())
     }
 }

@@ -31,7 +31,7 @@ use crate::domain::alert::{dedupe_key, Envelope};
 use crate::domain::UndeliverableReason;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{self, Enqueued, IngestBatch, StoreError};
+use crate::store::{Enqueued, IngestBatch, StoreError};
 
 /// The bound on webhook requests handled at once (`max_concurrent_ingests`).
 #[derive(Clone)]
@@ -128,11 +128,7 @@ async fn handle(
     let key = dedupe_key(&envelope, &alerts);
     let deadline = tokio::time::Instant::now() + state.settings.store_timeout;
     // Consumes the alerts: only the messages' payloads are left after it.
-    let plan = store::within(
-        state.settings.store_timeout,
-        attribution::plan(&state.store, &envelope, alerts),
-    )
-    .await?;
+    let plan = attribution::plan(&state.routes, &envelope, alerts);
     let now = state.clock.now_ms();
     let batch = IngestBatch {
         dedupe_key: key,

@@ -2,7 +2,8 @@
 //! the body the admin API took (secrets included) and parsed into a
 //! [`Channel`] before it leaves the store.
 
-use super::{on, ChannelList, CorruptChannel, Result, Store, StoreError};
+use super::outbox::lock_groups;
+use super::{on, ChannelChange, ChannelList, CorruptChannel, Result, Store, StoreError, Tx};
 use crate::clock::Millis;
 use crate::domain::{Channel, ChannelId, ChannelSpec, UserId};
 
@@ -77,6 +78,13 @@ impl Store {
 
     async fn put_channel_now(&self, ch: &Channel) -> Result<bool> {
         let mut tx = self.write_tx().await?;
+        log_change(
+            &mut tx,
+            ch.user_id.as_str(),
+            ch.channel_id.as_str(),
+            ch.updated_at,
+        )
+        .await?;
         let existed = on!(tx.conn(), |c| sqlx::query(
             "SELECT 1 FROM channels WHERE user_id = $1 AND channel_id = $2"
         )
@@ -118,15 +126,96 @@ impl Store {
     }
 
     pub async fn delete_channel(&self, user_id: &str, channel_id: &str) -> Result<bool> {
-        let deleted = on!(self.writer(), |c| sqlx::query(
-            "DELETE FROM channels WHERE user_id = $1 AND channel_id = $2"
+        let (user_id, channel_id) = (user_id.to_owned(), channel_id.to_owned());
+        self.detached(move |store| async move {
+            let mut tx = store.write_tx().await?;
+            let now = store.clock.now_ms();
+            let deleted = on!(tx.conn(), |c| sqlx::query(
+                "DELETE FROM channels WHERE user_id = $1 AND channel_id = $2"
+            )
+            .bind(&user_id)
+            .bind(&channel_id)
+            .execute(c)
+            .await?
+            .rows_affected());
+            if deleted > 0 {
+                log_change(&mut tx, &user_id, &channel_id, now).await?;
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    /// Every channel, enabled or not, with the channel log's last version
+    /// read before them: changes logged after it are applied on top (a
+    /// change made while the channels were read is applied twice, harmlessly).
+    pub async fn channel_snapshot(&self) -> Result<(i64, ChannelList)> {
+        let head: Option<i64> = on!(self.reader(), |c| sqlx::query_scalar(
+            "SELECT MAX(version) FROM channel_log"
         )
-        .bind(user_id)
-        .bind(channel_id)
+        .fetch_one(c)
+        .await?);
+        let rows: Vec<ChannelRow> = on!(self.reader(), |c| sqlx::query_as(select_channels!(
+            "ORDER BY user_id, channel_id"
+        ))
+        .fetch_all(c)
+        .await?);
+        Ok((head.unwrap_or(0), decode_list(rows)))
+    }
+
+    /// The channels changed after `version`, in order, or `None` when the log
+    /// no longer reaches back that far (pruned): then everything is reloaded.
+    pub async fn channel_changes(&self, version: i64) -> Result<Option<Vec<ChannelChange>>> {
+        let oldest: Option<i64> = on!(self.reader(), |c| sqlx::query_scalar(
+            "SELECT MIN(version) FROM channel_log"
+        )
+        .fetch_one(c)
+        .await?);
+        if oldest.is_some_and(|oldest| oldest > version + 1) {
+            return Ok(None);
+        }
+        let rows: Vec<(i64, String, String)> = on!(self.reader(), |c| {
+            sqlx::query_as(
+            "SELECT version, user_id, channel_id FROM channel_log WHERE version > $1 ORDER BY version"
+        )
+        .bind(version)
+        .fetch_all(c)
+        .await?
+        });
+        let mut changes = Vec::with_capacity(rows.len());
+        for (version, user_id, channel_id) in rows {
+            let channel = match self.get_channel(&user_id, &channel_id).await {
+                Ok(channel) => channel,
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::error!(error = %e, "a stored channel is corrupt; it is left out");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            changes.push(ChannelChange {
+                version,
+                user_id,
+                channel_id,
+                channel,
+            });
+        }
+        Ok(Some(changes))
+    }
+
+    /// Forgets channel log entries older than `before` (milliseconds), always
+    /// keeping the newest; a process further behind reloads every channel.
+    pub async fn prune_channel_log(&self, before: Millis) -> Result<u64> {
+        Ok(on!(self.writer(), |c| sqlx::query(
+            "DELETE FROM channel_log WHERE changed_at < $1 \
+             AND version < (SELECT MAX(version) FROM channel_log)"
+        )
+        .bind(before)
         .execute(c)
         .await?
-        .rows_affected());
-        Ok(deleted > 0)
+        .rows_affected()))
     }
 
     /// A user's channels, by channel_id.
@@ -148,18 +237,40 @@ impl Store {
         ))
         .fetch_all(c)
         .await?);
-        let mut list = ChannelList::default();
-        for row in rows {
-            let (user_id, channel_id) = (row.user_id.clone(), row.channel_id.clone());
-            match row.decode() {
-                Ok(ch) => list.channels.push(ch),
-                Err(e) => list.corrupt.push(CorruptChannel {
-                    user_id,
-                    channel_id,
-                    reason: e.to_string(),
-                }),
-            }
-        }
-        Ok(list)
+        Ok(decode_list(rows))
     }
+}
+
+/// Rows parsed into channels, and those that no longer parse.
+fn decode_list(rows: Vec<ChannelRow>) -> ChannelList {
+    let mut list = ChannelList::default();
+    for row in rows {
+        let (user_id, channel_id) = (row.user_id.clone(), row.channel_id.clone());
+        match row.decode() {
+            Ok(ch) => list.channels.push(ch),
+            Err(e) => list.corrupt.push(CorruptChannel {
+                user_id,
+                channel_id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    list
+}
+
+/// Logs a change to one channel, in the writing transaction. Channel writers
+/// take one lock first (where the backend has locks), so versions are
+/// assigned in commit order.
+async fn log_change(tx: &mut Tx, user_id: &str, channel_id: &str, at: Millis) -> Result<()> {
+    lock_groups(tx, std::iter::once("\u{1f}channel_log".to_owned())).await?;
+    on!(tx.conn(), |c| sqlx::query(
+        "INSERT INTO channel_log (user_id, channel_id, changed_at) VALUES ($1, $2, $3)"
+    )
+    .bind(user_id)
+    .bind(channel_id)
+    .bind(at)
+    .execute(c)
+    .await
+    .map(drop)?);
+    Ok(())
 }

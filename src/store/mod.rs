@@ -30,9 +30,9 @@ use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, Transaction};
 use crate::clock::Clock;
 
 pub use records::{
-    AttemptRecord, ChannelList, ClaimedMessage, CorruptChannel, Enqueued, Freeze, IngestBatch,
-    ItemRow, NewMessage, NewSession, Outcome, Period, Recorded, Superseded, Undeliverable,
-    UsageRow,
+    AttemptRecord, ChannelChange, ChannelList, ClaimedMessage, CorruptChannel, Enqueued, Freeze,
+    IngestBatch, ItemRow, NewMessage, NewSession, Outcome, Period, Recorded, Superseded,
+    Undeliverable, UsageRow,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -42,7 +42,7 @@ fn group_lock_key(user_id: &str, channel_id: &str, group_key: &str) -> String {
 /// Locks these (channel, group) keys for the rest of the transaction, in
 /// sorted order so that two transactions never wait on each other. Nothing
 /// where the backend has no group locks.
-async fn lock_groups(tx: &mut Tx, keys: impl Iterator<Item = String>) -> Result<()> {
+pub(super) async fn lock_groups(tx: &mut Tx, keys: impl Iterator<Item = String>) -> Result<()> {
     let keys: std::collections::BTreeSet<String> = keys.collect();
     on!(
         tx.conn(),
@@ -176,11 +176,14 @@ impl Store {
         Ok(Enqueued::Accepted { superseded })
     }
 
-    pub async fn prune_dedupe(&self, now: Millis) -> Result<u64> {
+    /// Deletes up to `limit` dedupe keys expired by `now`; returns how many.
+    pub async fn prune_dedupe(&self, now: Millis, limit: u64) -> Result<u64> {
         Ok(on!(self.writer(), |c| sqlx::query(
-            "DELETE FROM dedupe WHERE expires_at <= $1"
+            "DELETE FROM dedupe WHERE key IN \
+             (SELECT key FROM dedupe WHERE expires_at <= $1 LIMIT $2)"
         )
         .bind(now)
+        .bind(limit as i64)
         .execute(c)
         .await?
         .rows_affected()))

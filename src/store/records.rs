@@ -198,3 +198,13 @@ pub struct NewSession {
     pub expires_at: Millis,
     pub client_addr: Option<String>,
 }
+
+/// A channel changed after a version of the channel log: what it is now
+/// (`None`: deleted, or no longer parses).
+#[derive(Debug)]
+pub struct ChannelChange {
+    pub version: i64,
+    pub user_id: String,
+    pub channel_id: String,
+    pub channel: Option<Channel>,
+}

@@ -348,6 +348,7 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
     for u in 0..users {
         a.add_webhook(&format!("u{u}"), "hook", &sink.url(&format!("/u{u}")))
             .await;
+        b.wait_routes(&format!("u{u}"), "hook").await;
     }
     let notifications = 60;
     let mut posts = tokio::task::JoinSet::new();

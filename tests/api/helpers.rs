@@ -193,6 +193,8 @@ pub struct TestApp {
     /// leases, retries, sessions) while real I/O keeps its pace.
     pub clock: Clock,
     dispatcher: Arc<Dispatcher>,
+    /// The app's routing index.
+    routes: Arc<notimeter::routing::Routes>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     pub dir: Arc<tempfile::TempDir>,
@@ -247,6 +249,7 @@ pub async fn start_with(
         .expect("application builds")
         .dispatch(dispatch);
     let dispatcher = app.dispatcher();
+    let routes = app.state().routes.clone();
     let addr = app.local_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(app.run(shutdown.clone()));
@@ -258,6 +261,7 @@ pub async fn start_with(
         settings,
         clock,
         dispatcher,
+        routes,
         shutdown,
         handle: Some(handle),
         dir,
@@ -275,6 +279,21 @@ impl TestApp {
             Dispatch::Background,
         )
         .await
+    }
+
+    /// Waits until this app routes by a channel saved elsewhere (another
+    /// replica follows the channel log within a refresh).
+    pub async fn wait_routes(&self, user_id: &str, channel_id: &str) {
+        eventually(
+            &format!("{user_id}/{channel_id} in the routing index"),
+            || async {
+                matches!(
+                    self.routes.channel(user_id, channel_id),
+                    notimeter::routing::Lookup::Found(_)
+                )
+            },
+        )
+        .await;
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -25,3 +25,4 @@ mod order;
 mod outage;
 mod page;
 mod render;
+mod routing;

@@ -179,6 +179,7 @@ async fn replicas_keep_each_groups_order(backend: Backend) {
         .collect();
     sink.script("/hook", replies.clone());
     a.add_webhook("u1", "hook", &sink.url("/hook")).await;
+    b.wait_routes("u1", "hook").await;
 
     let groups = 8;
     let states = 4;
