@@ -50,10 +50,15 @@ pub struct Settings {
     pub max_user_series: usize,
     /// Largest webhook body accepted, in bytes (413 above it).
     pub max_request_bytes: usize,
-    /// Webhook requests read and handled at once; each holds its body and its
-    /// parsed alerts (about 16 MB for a 1 MiB payload of 20,000 alerts), so this bounds ingest
-    /// memory. Further requests wait, before their body is read.
+    /// Webhook requests read and handled at once. Concurrent requests share
+    /// one commit (group commit), so this is also how many can.
     pub max_concurrent_ingests: usize,
+    /// Webhook bodies handled at once, in bytes, by their `Content-Length`
+    /// (one without takes `max_request_bytes`). Each holds its body and its
+    /// parsed alerts (about 16 MB for a 1 MiB payload of 20,000 alerts), so
+    /// this bounds ingest memory: many small notifications at once, few
+    /// large ones. Further requests wait, before their body is read.
+    pub max_ingest_bytes: usize,
     /// How long a webhook request waits for its turn before it is answered 503
     /// with `Retry-After` (Alertmanager retries it).
     #[serde(with = "humantime_serde")]
@@ -114,7 +119,8 @@ impl Default for Settings {
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
-            max_concurrent_ingests: 4,
+            max_concurrent_ingests: 64,
+            max_ingest_bytes: 4 * 1024 * 1024,
             ingest_queue_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
             store_timeout: Duration::from_millis(1500),
@@ -616,6 +622,12 @@ impl Settings {
         }
         if self.max_concurrent_ingests == 0 {
             return Err("max_concurrent_ingests must be at least 1".into());
+        }
+        if self.max_ingest_bytes < self.max_request_bytes {
+            return Err(format!(
+                "max_ingest_bytes ({}) must be at least max_request_bytes ({})",
+                self.max_ingest_bytes, self.max_request_bytes
+            ));
         }
         Ok(())
     }

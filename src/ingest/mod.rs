@@ -33,19 +33,59 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{Enqueued, IngestBatch, StoreError};
 
-/// The bound on webhook requests handled at once (`max_concurrent_ingests`).
+/// The bounds on webhook requests handled at once: `max_concurrent_ingests`
+/// requests, and `max_ingest_bytes` of bodies (in KiB; a request takes its
+/// `Content-Length`'s share, one of unknown length `max_request_bytes`), so
+/// many small notifications are handled at once (and share a commit) while
+/// large ones stay few.
 #[derive(Clone)]
 pub struct IngestLimit {
-    permits: Arc<Semaphore>,
+    turns: Arc<Semaphore>,
+    kib: Arc<Semaphore>,
+    /// The most KiB one request takes.
+    largest: u32,
     queue_timeout: Duration,
 }
 
+const KIB: usize = 1024;
+
 impl IngestLimit {
     pub fn new(settings: &Settings) -> Self {
+        let total = settings
+            .max_ingest_bytes
+            .div_ceil(KIB)
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let largest = settings.max_request_bytes.div_ceil(KIB).clamp(1, total);
         Self {
-            permits: Arc::new(Semaphore::new(settings.max_concurrent_ingests)),
+            turns: Arc::new(Semaphore::new(settings.max_concurrent_ingests)),
+            kib: Arc::new(Semaphore::new(total)),
+            largest: largest as u32,
             queue_timeout: settings.ingest_queue_timeout,
         }
+    }
+
+    /// The KiB a request takes from the budget.
+    fn share(&self, request: &Request) -> u32 {
+        request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .map_or(self.largest, |len| {
+                len.div_ceil(KIB).clamp(1, self.largest as usize) as u32
+            })
+    }
+
+    /// A turn for a request taking `share` KiB: a place and those bytes.
+    async fn turn(&self, share: u32) -> Option<IngestTurn> {
+        let wait = async {
+            let place = self.turns.clone().acquire_owned().await.ok()?;
+            let bytes = self.kib.clone().acquire_many_owned(share).await.ok()?;
+            Some(IngestTurn(Arc::new((place, bytes))))
+        };
+        tokio::time::timeout(self.queue_timeout, wait)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -57,21 +97,18 @@ impl IngestLimit {
 /// ready or the request is dropped, or later, when the store write it started
 /// ends (that write holds the batch in memory).
 pub async fn limit(State(limit): State<IngestLimit>, mut request: Request, next: Next) -> Response {
-    let turn =
-        tokio::time::timeout(limit.queue_timeout, limit.permits.clone().acquire_owned()).await;
-    let Ok(Ok(permit)) = turn else {
+    let share = limit.share(&request);
+    let Some(turn) = limit.turn(share).await else {
         // Counted in notimeter_webhook_requests_total by the layer around it.
         return ApiError::Busy("too many webhook requests in progress").into_response();
     };
-    request
-        .extensions_mut()
-        .insert(IngestTurn(Arc::new(permit)));
+    request.extensions_mut().insert(turn);
     next.run(request).await
 }
 
 /// A request's turn under `max_concurrent_ingests`; held until its last clone drops.
 #[derive(Clone)]
-pub struct IngestTurn(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+pub struct IngestTurn(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>);
 
 #[instrument(skip_all, fields(receiver, group_key, alerts))]
 pub async fn alertmanager(

@@ -15,6 +15,7 @@
 
 mod channels;
 mod columns;
+mod group;
 mod ledger;
 mod outbox;
 mod postgres;
@@ -153,6 +154,9 @@ pub struct Store {
     pools: Db<sqlite::Pools, PgPool>,
     /// When outcomes become final and statements end: the application's clock.
     clock: Clock,
+    /// Where ingest batches go to be written in groups (see `group.rs`);
+    /// none in the writer's own copy of the store.
+    ingest: Option<group::Queue>,
 }
 
 /// Opens (creating it if needed) the database named by `url`, on the system clock.
@@ -170,7 +174,13 @@ pub async fn connect_with_clock(url: &str, clock: Clock) -> Result<Arc<Store>> {
     } else {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     };
-    Ok(Arc::new(Store { pools, clock }))
+    let store = Store {
+        pools,
+        clock,
+        ingest: None,
+    };
+    let ingest = Some(group::start(store.clone()));
+    Ok(Arc::new(Store { ingest, ..store }))
 }
 
 impl Store {

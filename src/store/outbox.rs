@@ -3,7 +3,7 @@
 
 use super::ledger::{period_now, PeriodNow};
 use super::{
-    on, AttemptRecord, ClaimedMessage, Dialect, Enqueued, IngestBatch, NewMessage, Outcome,
+    group, on, AttemptRecord, ClaimedMessage, Dialect, Enqueued, IngestBatch, NewMessage, Outcome,
     Recorded, Result, Store, Superseded, Tx,
 };
 use crate::clock::Millis;
@@ -104,6 +104,7 @@ impl Store {
     /// Like [`Store::enqueue`], sending on `begun` once the write transaction
     /// has begun (SQLite: once it holds the write lock), so that a caller can
     /// tell a store that cannot take the write from one that is taking it.
+    /// Concurrent calls share one transaction (see `group.rs`).
     #[tracing::instrument(name = "store.enqueue", skip_all, fields(
         messages = batch.messages.len(),
         undeliverable = batch.undeliverable.len(),
@@ -113,67 +114,45 @@ impl Store {
         batch: IngestBatch,
         begun: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<Enqueued> {
-        self.detached(move |store| async move { store.enqueue_now(&batch, begun).await })
-            .await
+        match &self.ingest {
+            Some(queue) => group::enqueue_grouped(queue, batch, begun).await,
+            None => {
+                self.detached(move |store| async move {
+                    let begun = begun.into_iter().collect();
+                    let mut done = store.enqueue_group(&[&batch], begun).await?;
+                    Ok(done.pop().expect("one result"))
+                })
+                .await
+            }
+        }
     }
 
-    async fn enqueue_now(
+    /// Writes `batches` in one transaction, telling `begun` once it has
+    /// begun; returns, per batch, whether it was accepted or a duplicate.
+    pub(super) async fn enqueue_group(
         &self,
-        batch: &IngestBatch,
-        begun: Option<tokio::sync::oneshot::Sender<()>>,
-    ) -> Result<Enqueued> {
+        batches: &[&IngestBatch],
+        begun: Vec<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Vec<Enqueued>> {
         let mut tx = self.write_tx().await?;
-        if let Some(begun) = begun {
-            let _ = begun.send(());
+        for b in begun {
+            let _ = b.send(());
         }
-        let groups = batch
-            .messages
+        // Every group of every batch, locked up front in one sorted order, so
+        // that two grouped writers (replicas) never wait on each other.
+        let groups = batches
             .iter()
+            .flat_map(|b| b.messages.iter())
             .filter(|m| !m.group_key.is_empty())
             .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key));
         lock_groups(&mut tx, groups).await?;
-        let fresh = on!(tx.conn(), |c| sqlx::query(
-            "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-             WHERE dedupe.expires_at <= $3",
-        )
-        .bind(&batch.dedupe_key)
-        .bind(batch.dedupe_expires_at)
-        .bind(batch.now)
-        .execute(c)
-        .await?
-        .rows_affected())
-            > 0;
-        if !fresh {
-            tx.rollback().await?;
-            return Ok(Enqueued::Duplicate);
-        }
-        let mut superseded = Vec::new();
         let mut period = PeriodNow::new(&self.clock);
-        for m in &batch.messages {
-            if !m.group_key.is_empty() {
-                supersede_waiting(&mut tx, m, &mut period, &mut superseded).await?;
-            }
-            insert_message(&mut tx, m, batch.now).await?;
-        }
-        for u in &batch.undeliverable {
-            on!(tx.conn(), |c| {
-                sqlx::query(
-                    "INSERT INTO undeliverable (received_at, user_id, raw_user_id, receiver, reason, alert) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(batch.now)
-                .bind(&u.user_id)
-                .bind(&u.raw_user_id)
-                .bind(&u.receiver)
-                .bind(u.reason)
-                .bind(&u.alert)
-                .execute(c)
-                .await?;
-            });
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            results.push(enqueue_one(&mut tx, batch, &mut period).await?);
         }
         tx.commit().await?;
-        Ok(Enqueued::Accepted { superseded })
+        Ok(results)
     }
 
     /// Deletes up to `limit` dedupe keys expired by `now`; returns how many.
@@ -270,6 +249,50 @@ impl Store {
         .fetch_one(c)
         .await?))
     }
+}
+
+/// Records one batch in `tx`: its dedupe key, then (unless the key was seen
+/// within its window) its messages and undeliverable alerts.
+async fn enqueue_one(tx: &mut Tx, batch: &IngestBatch, period: &mut PeriodNow) -> Result<Enqueued> {
+    let fresh = on!(tx.conn(), |c| sqlx::query(
+        "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+         WHERE dedupe.expires_at <= $3",
+    )
+    .bind(&batch.dedupe_key)
+    .bind(batch.dedupe_expires_at)
+    .bind(batch.now)
+    .execute(c)
+    .await?
+    .rows_affected())
+        > 0;
+    if !fresh {
+        return Ok(Enqueued::Duplicate);
+    }
+    let mut superseded = Vec::new();
+    for m in &batch.messages {
+        if !m.group_key.is_empty() {
+            supersede_waiting(tx, m, period, &mut superseded).await?;
+        }
+        insert_message(tx, m, batch.now).await?;
+    }
+    for u in &batch.undeliverable {
+        on!(tx.conn(), |c| {
+            sqlx::query(
+                "INSERT INTO undeliverable (received_at, user_id, raw_user_id, receiver, reason, alert) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(batch.now)
+            .bind(&u.user_id)
+            .bind(&u.raw_user_id)
+            .bind(&u.receiver)
+            .bind(u.reason)
+            .bind(&u.alert)
+            .execute(c)
+            .await?;
+        });
+    }
+    Ok(Enqueued::Accepted { superseded })
 }
 
 async fn insert_message(tx: &mut Tx, m: &NewMessage, now: Millis) -> Result<()> {

@@ -1,6 +1,8 @@
-//! SQLite: the embedded default. WAL journal, one writer connection (SQLite
-//! serialises writers anyway; one connection avoids busy errors), several
-//! readers. Write transactions begin with `BEGIN IMMEDIATE`, and one writer
+//! SQLite: the embedded default. WAL journal with `synchronous = FULL` (a
+//! commit is on disk before it returns, so an acknowledged payload survives
+//! a power loss, not only a crash; group commit makes that affordable), one
+//! writer connection (SQLite serialises writers anyway; one connection
+//! avoids busy errors), several readers. Write transactions begin with `BEGIN IMMEDIATE`, and one writer
 //! makes the period and group locks unnecessary.
 
 use std::str::FromStr;
@@ -43,7 +45,7 @@ impl Pools {
     pub(super) async fn connect(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(&with_create(url))?
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let pool = |max| {

@@ -1,6 +1,7 @@
-//! The bound on webhook requests handled at once (`max_concurrent_ingests`): an
-//! excess request waits, then is answered 503 with `Retry-After`, and its retry
-//! (as Alertmanager makes it) is accepted and delivered, so nothing is lost.
+//! The bounds on webhook requests handled at once (`max_concurrent_ingests`
+//! requests, `max_ingest_bytes` of bodies by `Content-Length`): an excess
+//! request waits, then is answered 503 with `Retry-After`, and its retry (as
+//! Alertmanager makes it) is accepted and delivered, so nothing is lost.
 
 use std::time::Duration;
 
@@ -14,7 +15,19 @@ use crate::on_both_backends;
 on_both_backends!(
     excess_ingest_is_503_and_its_retry_delivered,
     abandoned_ingest_gives_its_turn_back,
+    small_requests_share_the_budget,
 );
+
+/// The largest body the tests here accept.
+const LARGEST: usize = 8 * 1024;
+
+/// A payload of one alert, padded to just under [`LARGEST`].
+fn large_alert(group: &str, fingerprint: &str) -> Value {
+    let mut p = one_alert(group, fingerprint);
+    let size = serde_json::to_vec(&p).unwrap().len();
+    p["alerts"][0]["annotations"]["padding"] = json!("x".repeat(LARGEST - size - 100));
+    p
+}
 
 /// A webhook request sent over a raw connection: the head and half the body
 /// at once, the rest when asked, so it holds its turn in between.
@@ -154,5 +167,50 @@ async fn abandoned_ingest_gives_its_turn_back(backend: Backend) {
         received[0].json()["alerts"][0]["fingerprint"],
         json!("kept")
     );
+    app.stop().await;
+}
+
+/// The byte bound: a large body waiting for the rest of it holds the whole
+/// budget, and the next request is refused; small notifications take a
+/// small share, so several are handled at once and yet another is accepted
+/// while they all hold their turns.
+async fn small_requests_share_the_budget(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| {
+        s.max_request_bytes = LARGEST;
+        s.max_ingest_bytes = LARGEST;
+        s.ingest_queue_timeout = Duration::from_millis(100);
+    })
+    .await;
+    let sink = Sink::start().await;
+    app.add_webhook("u1", "hook", &sink.url("/u1")).await;
+    let large = SlowRequest::start(&app, &large_alert("g-large", "large")).await;
+    eventually(
+        "a request refused while the large one holds the budget",
+        || async {
+            app.post_alerts(&one_alert("g-refused", "refused"))
+                .await
+                .status()
+                == 503
+        },
+    )
+    .await;
+    let (status, body) = large.finish().await;
+    assert_eq!(status, 200, "{body}");
+    let mut holding = Vec::new();
+    for i in 0..4 {
+        let fingerprint = format!("held-{i}");
+        holding.push(
+            SlowRequest::start(&app, &one_alert(&format!("g-{fingerprint}"), &fingerprint)).await,
+        );
+    }
+    let r = app.post_alerts(&one_alert("g-more", "more")).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for request in holding {
+        let (status, body) = request.finish().await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let received = sink.wait_for("/u1", 6).await;
+    app.wait_idle().await;
+    assert_eq!(received.len(), 6, "the refused one was not stored");
     app.stop().await;
 }
