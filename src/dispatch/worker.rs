@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, instrument, warn};
@@ -35,6 +35,9 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     in_flight: Mutex<HashSet<i64>>,
+    /// Sends at once (`workers`); a message waiting for a busy destination
+    /// holds none.
+    workers: Arc<Semaphore>,
     pacer: Pacer,
     limits: PlanLimits,
     /// Due times, leases, pacing and plan limits are read from it.
@@ -87,6 +90,7 @@ impl Dispatcher {
             registry,
             ctx,
             policy: RetryPolicy::from(&settings),
+            workers: Arc::new(Semaphore::new(settings.workers)),
             settings,
             owner: format!("{}-{}", hostname(), uuid::Uuid::new_v4()),
             metrics,
@@ -108,7 +112,7 @@ impl Dispatcher {
         info!(owner = %self.owner, workers = self.settings.workers, "dispatcher started");
         let (tx, rx) = mpsc::channel::<Finished>(4 * self.settings.workers.max(64));
         let recorder = tokio::spawn(self.clone().record_loop(rx));
-        let permits = Arc::new(Semaphore::new(self.settings.workers));
+        let permits = self.workers.clone();
         let mut tasks = JoinSet::new();
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
@@ -133,7 +137,8 @@ impl Dispatcher {
                         let this = self.clone();
                         let tx = tx.clone();
                         tasks.spawn(async move {
-                            let finished = this.deliver(msg).await;
+                            let mut permit = Some(permit);
+                            let finished = this.deliver(msg, &mut permit).await;
                             // The recorder owns it now; it takes it out of `in_flight`.
                             let _ = tx.send(finished).await;
                             drop(permit);
@@ -210,7 +215,7 @@ impl Dispatcher {
             let recorder = tokio::spawn(self.clone().record_loop(rx));
             for msg in batch {
                 self.in_flight().insert(msg.id);
-                let finished = self.deliver(msg).await;
+                let finished = self.deliver(msg, &mut None).await;
                 let _ = tx.send(finished).await;
             }
             drop(tx);
@@ -239,8 +244,11 @@ impl Dispatcher {
         Ok(Prepared { channel, payload })
     }
 
-    /// Plan limit (on a message's first try), pacing, then the send itself.
-    async fn step(&self, msg: &ClaimedMessage) -> Step {
+    /// Plan limit (on a message's first try), pacing, a place at the
+    /// destination, then the send itself. `worker`: the worker place this
+    /// send holds (none when drained on demand), given up while the message
+    /// waits for the destination.
+    async fn step(&self, msg: &ClaimedMessage, worker: &mut Option<OwnedSemaphorePermit>) -> Step {
         let p = match self.prepare(msg) {
             Ok(p) => p,
             Err(e) => return Step::Failed(e),
@@ -268,12 +276,10 @@ impl Dispatcher {
             }
         }
         // A slow destination holds at most this many workers; the rest of its
-        // messages wait briefly in the outbox, keeping a reserved pace slot.
+        // messages wait in its queue here, or (that queue full) briefly in
+        // the outbox, keeping a reserved pace slot.
         let _in_flight = match &destination {
-            Some(key) => match self
-                .pacer
-                .enter(key, self.settings.max_in_flight_per_destination)
-            {
+            Some(key) => match self.destination_place(key, worker).await {
                 Some(place) => Some(place),
                 None => {
                     let wait = rand::random_range(800..1200);
@@ -312,16 +318,44 @@ impl Dispatcher {
         }
     }
 
+    /// A place among the sends in flight to `key`: at once if one is free,
+    /// else after waiting in the destination's queue, without `worker`'s
+    /// place meanwhile (taken again before the send). At most half a lease
+    /// is spent waiting, so the message is sent well before its lease ends.
+    async fn destination_place(
+        &self,
+        key: &str,
+        worker: &mut Option<OwnedSemaphorePermit>,
+    ) -> Option<super::pace::InFlight<'_>> {
+        let max = self.settings.max_in_flight_per_destination;
+        if let Some(place) = self.pacer.enter(key, max) {
+            return Some(place);
+        }
+        let had_worker = worker.take().is_some();
+        let place = self
+            .pacer
+            .enter_queued(key, max, self.settings.lease / 2)
+            .await;
+        if had_worker {
+            *worker = self.workers.clone().acquire_owned().await.ok();
+        }
+        place
+    }
+
     #[instrument(skip_all, fields(
         message_id = msg.id,
         user_id = %msg.user_id,
         integration = %msg.integration,
         attempt = msg.attempts + 1,
     ))]
-    async fn deliver(&self, msg: ClaimedMessage) -> Finished {
+    async fn deliver(
+        &self,
+        msg: ClaimedMessage,
+        worker: &mut Option<OwnedSemaphorePermit>,
+    ) -> Finished {
         let started_at = self.clock.now_ms();
         let timer = Instant::now();
-        let step = self.step(&msg).await;
+        let step = self.step(&msg, worker).await;
         let finished_at = self.clock.now_ms();
         let attempt = msg.attempts + 1;
         let mut attempted = true;

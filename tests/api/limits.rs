@@ -48,9 +48,11 @@ async fn pacing_spaces_one_destination_without_holding_back_others(backend: Back
     for (name, got) in [("a", &a), ("b", &b)] {
         for pair in got.windows(2) {
             let gap = pair[1].at - pair[0].at;
-            // Slots space the starts of sends; arrivals jitter by a request's latency.
+            // Slots space the starts of sends; arrivals jitter by a request's
+            // latency (the first one also opens the connection), which on
+            // two busy cores has reached 70 ms. Unpaced sends arrive ~0 ms apart.
             assert!(
-                gap >= pace - Duration::from_millis(50),
+                gap >= pace - Duration::from_millis(150),
                 "/{name}: {gap:?} between sends, paced at {pace:?}"
             );
         }
