@@ -90,22 +90,20 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str, path: &str) -> Resul
     bail!("{base} did not become ready")
 }
 
-/// notimeter running on a fresh database; the PostgreSQL database is dropped after.
-pub struct Notimeter {
-    pub process: Option<Process>,
-    pub base: String,
+/// A fresh database and a settings file, before the server starts: a
+/// benchmark can migrate the database and seed it (channels, history) first.
+pub struct Created {
+    binary: PathBuf,
+    config: PathBuf,
+    listen: SocketAddr,
     pub database_url: String,
     postgres: Option<(String, String)>,
 }
 
-impl Notimeter {
-    /// Starts the binary with `extra` appended to its TOML settings.
-    pub async fn start(
-        common: &Common,
-        dir: &Path,
-        http: &reqwest::Client,
-        extra: &str,
-    ) -> Result<Self> {
+impl Created {
+    /// Creates the database (a fresh PostgreSQL one, or a SQLite file in
+    /// `dir`) and writes the settings, with `extra` appended.
+    pub async fn new(common: &Common, dir: &Path, extra: &str) -> Result<Self> {
         let binary = std::fs::canonicalize(&common.notimeter).with_context(|| {
             format!(
                 "{} not found: build it with cargo build --release",
@@ -134,25 +132,179 @@ impl Notimeter {
                 dir.join("reports").display()
             ),
         )?;
+        Ok(Self {
+            binary,
+            config,
+            listen,
+            database_url: url,
+            postgres,
+        })
+    }
+
+    /// Runs `notimeter migrate`: the schema and the open period, nothing else.
+    pub fn migrate(&self) -> Result<()> {
+        let status = Command::new(&self.binary)
+            .args(["--config", self.config.to_str().unwrap(), "migrate"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .status()
+            .context("running notimeter migrate")?;
+        if !status.success() {
+            bail!("notimeter migrate failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Starts `notimeter serve` and waits until it is ready.
+    pub async fn spawn(mut self, http: &reqwest::Client) -> Result<Notimeter> {
         let process = Process(
-            Command::new(binary)
-                .args(["--config", config.to_str().unwrap(), "serve"])
+            Command::new(&self.binary)
+                .args(["--config", self.config.to_str().unwrap(), "serve"])
                 .env("RUST_LOG", "error")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .context("starting notimeter")?,
         );
-        let base = format!("http://{listen}");
-        wait_ready(http, &base, "/readyz").await?;
-        Ok(Self {
+        let base = format!("http://{}", self.listen);
+        let server = Notimeter {
             process: Some(process),
             base,
-            database_url: url,
-            postgres,
-        })
+            database_url: self.database_url.clone(),
+            postgres: self.postgres.take(),
+        };
+        // Seeding a large store can make the first start slow (the routing
+        // index loads every channel).
+        wait_ready(http, &server.base, "/readyz").await?;
+        Ok(server)
     }
+}
 
+impl Drop for Created {
+    fn drop(&mut self) {
+        if let Some((server, name)) = self.postgres.take() {
+            drop_postgres(server, name);
+        }
+    }
+}
+
+/// Drops a benchmark's PostgreSQL database (best effort, on a thread of its
+/// own so that it works from a destructor).
+fn drop_postgres(server: String, name: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&server).await?;
+            sqlx::Executor::execute(
+                &mut conn,
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+            )
+            .await?;
+            anyhow::Ok(())
+        })
+    })
+    .join();
+}
+
+/// Runs SQL on a database with the native driver its URL names.
+pub async fn execute(url: &str, sql: &str) -> Result<()> {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await?;
+        sqlx::raw_sql(sql).execute(&mut conn).await?;
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        sqlx::raw_sql(sql).execute(&mut conn).await?;
+    }
+    Ok(())
+}
+
+/// `WITH RECURSIVE s(n) ...` for SQLite (PostgreSQL needs no prefix), and
+/// the `FROM` that yields `n` = 0 .. count - 1 on each backend.
+pub fn series(url: &str, count: u64) -> (String, String) {
+    if url.starts_with("sqlite:") {
+        (
+            format!(
+                "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < {}) ",
+                count - 1
+            ),
+            "FROM s".into(),
+        )
+    } else {
+        (
+            String::new(),
+            format!("FROM generate_series(0, {}) AS s(n)", count - 1),
+        )
+    }
+}
+
+/// Inserts `users` × `channels` webhook channels straight into the database
+/// (the API would take minutes for 300,000): user `user{u}`'s channel `c`
+/// matches `severity="critical"` (every benchmark alert) and posts to
+/// `url(u)`; channels `c1`, `c2`, ... match other severities, so they are
+/// routed past but make no message.
+pub async fn seed_channels(
+    database_url: &str,
+    users: usize,
+    channels: usize,
+    url: impl Fn(usize) -> String,
+) -> Result<()> {
+    let mut sql = String::from("BEGIN;\n");
+    let mut rows = Vec::with_capacity(1000);
+    let flush = |sql: &mut String, rows: &mut Vec<String>| {
+        if !rows.is_empty() {
+            sql.push_str(
+                "INSERT INTO channels (user_id, channel_id, integration, enabled, spec, created_at, updated_at) VALUES ",
+            );
+            sql.push_str(&rows.join(","));
+            sql.push_str(";\n");
+            rows.clear();
+        }
+    };
+    for u in 0..users {
+        for c in 0..channels {
+            let (id, severity) = match c {
+                0 => ("c".to_owned(), "critical".to_owned()),
+                n => (format!("c{n}"), format!("level{n}")),
+            };
+            let spec = json!({"type": "webhook", "settings": {"url": url(u)},
+                              "matchers": [format!("severity=\"{severity}\"")],
+                              "send_resolved": true, "enabled": true});
+            rows.push(format!(
+                "('user{u}', '{id}', 'webhook', TRUE, '{}', 0, 0)",
+                spec.to_string().replace('\'', "''")
+            ));
+            if rows.len() == 1000 {
+                flush(&mut sql, &mut rows);
+            }
+        }
+    }
+    flush(&mut sql, &mut rows);
+    sql.push_str("COMMIT;\n");
+    execute(database_url, &sql).await
+}
+
+/// notimeter running on a fresh database; the PostgreSQL database is dropped after.
+pub struct Notimeter {
+    pub process: Option<Process>,
+    pub base: String,
+    pub database_url: String,
+    postgres: Option<(String, String)>,
+}
+
+impl Notimeter {
+    /// Starts the binary with `extra` appended to its TOML settings.
+    pub async fn start(
+        common: &Common,
+        dir: &Path,
+        http: &reqwest::Client,
+        extra: &str,
+    ) -> Result<Self> {
+        Created::new(common, dir, extra).await?.spawn(http).await
+    }
     pub async fn put_channel(&self, http: &reqwest::Client, user: &str, body: Value) -> Result<()> {
         let r = http
             .put(format!("{}/v1/users/{user}/channels/c", self.base))
@@ -172,16 +324,16 @@ impl Notimeter {
     pub async fn stop(mut self) -> Result<Option<f64>> {
         let rss = self.process.as_ref().and_then(Process::peak_rss_mb);
         drop(self.process.take());
-        if let Some((server, name)) = self.postgres.take() {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&server).await?;
-            sqlx::Executor::execute(
-                &mut conn,
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-            )
-            .await?;
-        }
         Ok(rss)
+    }
+}
+
+impl Drop for Notimeter {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        if let Some((server, name)) = self.postgres.take() {
+            drop_postgres(server, name);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use futures::StreamExt;
 
-use crate::common::{Common, Database, Notimeter};
+use crate::common::{execute, series, Common, Database, Notimeter};
 
 #[derive(Args)]
 pub struct LedgerArgs {
@@ -30,41 +30,11 @@ pub struct LedgerArgs {
 
 const INTEGRATIONS: &str = "CASE n % 5 WHEN 0 THEN 'webhook' WHEN 1 THEN 'slack' WHEN 2 THEN 'telegram' WHEN 3 THEN 'email' ELSE 'sms' END";
 
-fn series(db: Database, count: u64) -> String {
-    match db {
-        Database::Sqlite => format!(
-            "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < {}) ",
-            count - 1
-        ),
-        Database::Postgres => String::new(),
-    }
-}
-
-fn from_series(db: Database, count: u64) -> String {
-    match db {
-        Database::Sqlite => "FROM s".into(),
-        Database::Postgres => format!("FROM generate_series(0, {}) AS s(n)", count - 1),
-    }
-}
-
 fn concat(db: Database, a: &str, b: &str) -> String {
     match db {
         Database::Sqlite => format!("{a} || ({b})"),
         Database::Postgres => format!("{a} || ({b})::text"),
     }
-}
-
-/// Runs SQL on the server's database with the native driver its URL names.
-async fn execute(url: &str, sql: &str) -> Result<()> {
-    use sqlx::Connection;
-    if url.starts_with("sqlite:") {
-        let mut conn = sqlx::SqliteConnection::connect(url).await?;
-        sqlx::raw_sql(sql).execute(&mut conn).await?;
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url).await?;
-        sqlx::raw_sql(sql).execute(&mut conn).await?;
-    }
-    Ok(())
 }
 
 pub async fn run(args: LedgerArgs) -> Result<()> {
@@ -99,8 +69,8 @@ pub async fn run(args: LedgerArgs) -> Result<()> {
            attempts, final_at, period_id) \
          SELECT {user}, 'c', {INTEGRATIONS}, '{payload}', 1, 'HighCPU', CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'delivered' END, \
            {now}, {now}, 1, {now} - 1000000 + n, '{open}' {}",
-        series(db, args.messages),
-        from_series(db, args.messages)
+        series(&server.database_url, args.messages).0,
+        series(&server.database_url, args.messages).1
     )).await?;
     execute(&server.database_url, &format!(
         "INSERT INTO usage (period_id, user_id, integration, delivered, failed) \
@@ -149,8 +119,8 @@ pub async fn run(args: LedgerArgs) -> Result<()> {
     let user = concat(db, "'user'", "n / 5");
     execute(&server.database_url, &format!(
         "{}INSERT INTO usage (period_id, user_id, integration, delivered, failed) SELECT '{next}', {user}, {INTEGRATIONS}, n % 97, n % 3 {}",
-        series(db, args.rows),
-        from_series(db, args.rows)
+        series(&server.database_url, args.rows).0,
+        series(&server.database_url, args.rows).1
     )).await?;
     let started = Instant::now();
     let csv = http

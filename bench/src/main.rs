@@ -1,10 +1,11 @@
 //! notimeter-bench: measures a release build of notimeter on this machine.
-//! `core` (the ingest and delivery path), `integrations` (per-integration
+//! `core` (the ingest and delivery path), `e2e` (through a real Alertmanager), `integrations` (per-integration
 //! throughput and isolation), `ledger`, `render` and `memory` (resident memory
 //! under load); see the README's Benchmarks section.
 
 mod common;
 mod core;
+mod e2e;
 mod integrations;
 mod ledger;
 mod memory;
@@ -26,6 +27,8 @@ struct Cli {
 enum Verb {
     /// Alerts accepted per second, ingest latency, messages delivered per second, peak RSS.
     Core(core::CoreArgs),
+    /// Through a real Alertmanager to 1,000 users' webhooks, against Alertmanager posting straight to them.
+    E2e(e2e::E2eArgs),
     /// Messages per second per integration, and a slow destination's effect on the others.
     Integrations(integrations::IntegrationArgs),
     /// Closing a period of 1,000,000 messages, exporting 100,000 rows, peak RSS.
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.verb {
             Verb::Core(args) => core::run(args).await,
+            Verb::E2e(args) => e2e::run(args).await,
             Verb::Integrations(args) => integrations::run(args).await,
             Verb::Ledger(args) => ledger::run(args).await,
             Verb::Memory(args) => memory::run(args).await,
