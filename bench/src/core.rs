@@ -125,6 +125,14 @@ impl Sink {
     }
 }
 
+/// A sink on `listen` that answers every request 200 at once, until killed.
+pub async fn sink_server(listen: SocketAddr) -> Result<()> {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
 /// The count sink used by other benchmarks.
 pub async fn start_sink(count: Arc<AtomicU64>) -> Result<SocketAddr> {
     let app = axum::Router::new().fallback(move || {

@@ -37,6 +37,11 @@ enum Verb {
     Memory(memory::MemoryArgs),
     /// Rendering 10,000 users × 3 channels in both modes; amtool, reload, Alertmanager CPU.
     Render(render::RenderArgs),
+    /// (for profiling by hand) A sink that answers every request 200 at once.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// (internal) A handler that parses the webhook payload and answers 200 without a store.
     NullServer {
         #[arg(long)]
@@ -56,6 +61,7 @@ fn main() -> Result<()> {
             Verb::Memory(args) => memory::run(args).await,
             Verb::Render(args) => render::run(args).await,
             Verb::NullServer { listen } => core::null_server(listen).await,
+            Verb::Sink { listen } => core::sink_server(listen).await,
         }
     })
 }

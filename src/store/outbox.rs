@@ -147,10 +147,17 @@ impl Store {
             .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key));
         lock_groups(&mut tx, groups).await?;
         let mut period = PeriodNow::new(&self.clock);
-        let mut results = Vec::with_capacity(batches.len());
-        for batch in batches {
-            results.push(enqueue_one(&mut tx, batch, &mut period).await?);
-        }
+        let results = if repeats_within(batches) {
+            // Two batches of one group that share a dedupe key or a (channel,
+            // group): each must see the one before it, so one at a time.
+            let mut results = Vec::with_capacity(batches.len());
+            for batch in batches {
+                results.push(enqueue_one(&mut tx, batch, &mut period).await?);
+            }
+            results
+        } else {
+            enqueue_many(&mut tx, batches, &mut period).await?
+        };
         tx.commit().await?;
         Ok(results)
     }
@@ -234,9 +241,21 @@ impl Store {
         // under the period lock, so that every final_at lies inside the
         // period billing it.
         let mut period = PeriodNow::new(&self.clock);
+        // Final outcomes (the common case) are written a few statements for
+        // all of them; those that send a message back to wait, one by one.
+        let finals: Vec<&AttemptRecord> = records.iter().filter(|r| !waits(r.outcome)).collect();
+        let mut applied = finish_many(&mut tx, owner, &finals, &mut period)
+            .await?
+            .into_iter();
         let mut recorded = Vec::with_capacity(records.len());
         for r in records {
-            recorded.push(record_one(&mut tx, owner, r, &mut period).await?);
+            recorded.push(if waits(r.outcome) {
+                record_one(&mut tx, owner, r, &mut period).await?
+            } else if applied.next() == Some(true) {
+                Recorded::Applied
+            } else {
+                Recorded::LeaseLost
+            });
         }
         tx.commit().await?;
         Ok(recorded)
@@ -249,6 +268,309 @@ impl Store {
         .fetch_one(c)
         .await?))
     }
+}
+
+/// Rows per multi-row statement: well inside both backends' limits on
+/// bound parameters (SQLite 32,766, PostgreSQL 65,535).
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// `($1, $2), ($3, $4), …`: `rows` rows of `cols` placeholders each.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..cols {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * cols + col + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Whether two of `batches` share a dedupe key, or two of their messages a
+/// (channel, group): then each must be written after the one before it.
+fn repeats_within(batches: &[&IngestBatch]) -> bool {
+    let mut keys = std::collections::HashSet::new();
+    let mut groups = std::collections::HashSet::new();
+    batches.iter().any(|b| !keys.insert(b.dedupe_key.as_str()))
+        || batches
+            .iter()
+            .flat_map(|b| b.messages.iter())
+            .filter(|m| !m.group_key.is_empty())
+            .any(|m| !groups.insert((&m.user_id, &m.channel_id, &m.group_key)))
+}
+
+/// Records `batches` (no two sharing a dedupe key or a (channel, group)) in
+/// `tx` with a few multi-row statements: what [`enqueue_one`] does for each,
+/// in one round trip per statement instead of one per row.
+async fn enqueue_many(
+    tx: &mut Tx,
+    batches: &[&IngestBatch],
+    period: &mut PeriodNow,
+) -> Result<Vec<Enqueued>> {
+    let keys = insert_dedupe_keys(tx, batches).await?;
+    let fresh: Vec<&IngestBatch> = batches
+        .iter()
+        .copied()
+        .filter(|b| keys.contains(&b.dedupe_key))
+        .collect();
+    let mut superseded = supersede_waiting_many(tx, &fresh, period)
+        .await?
+        .into_iter();
+    let messages: Vec<(&NewMessage, Millis)> = fresh
+        .iter()
+        .flat_map(|b| b.messages.iter().map(|m| (m, b.now)))
+        .collect();
+    insert_messages(tx, &messages).await?;
+    for batch in &fresh {
+        insert_undeliverable(tx, batch).await?;
+    }
+    // `superseded` holds one list per fresh batch, in the batches' order.
+    Ok(batches
+        .iter()
+        .map(|b| match keys.contains(&b.dedupe_key) {
+            true => Enqueued::Accepted {
+                superseded: superseded.next().unwrap_or_default(),
+            },
+            false => Enqueued::Duplicate,
+        })
+        .collect())
+}
+
+/// Inserts the batches' dedupe keys (or renews expired ones); answers the
+/// keys that were fresh. A key seen within its window is left as it is.
+async fn insert_dedupe_keys(
+    tx: &mut Tx,
+    batches: &[&IngestBatch],
+) -> Result<std::collections::HashSet<String>> {
+    // The group is written now: a key expired by the latest request's time
+    // is fresh again.
+    let now = batches.iter().map(|b| b.now).max().unwrap_or_default();
+    let mut fresh = std::collections::HashSet::new();
+    for chunk in batches.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO dedupe (key, expires_at) VALUES {} \
+             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE dedupe.expires_at <= {now} RETURNING key",
+            placeholders(chunk.len(), 2)
+        );
+        let keys: Vec<String> = on!(tx.conn(), |c| {
+            let mut q = sqlx::query_scalar(&sql);
+            for b in chunk {
+                q = q.bind(&b.dedupe_key).bind(b.dedupe_expires_at);
+            }
+            q.fetch_all(c).await?
+        });
+        fresh.extend(keys);
+    }
+    Ok(fresh)
+}
+
+/// [`supersede_waiting`] for every message of `batches` at once (no two in
+/// one (channel, group)): answers, per batch, the messages it superseded.
+async fn supersede_waiting_many(
+    tx: &mut Tx,
+    batches: &[&IngestBatch],
+    period: &mut PeriodNow,
+) -> Result<Vec<Vec<Superseded>>> {
+    let mut superseded = vec![Vec::new(); batches.len()];
+    let grouped: Vec<(usize, &NewMessage)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| b.messages.iter().map(move |m| (i, m)))
+        .filter(|(_, m)| !m.group_key.is_empty())
+        .collect();
+    for chunk in grouped.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT m.user_id, m.channel_id, m.group_key FROM (VALUES {}) AS v \
+             JOIN messages m ON m.user_id = v.column1 AND m.channel_id = v.column2 \
+               AND m.group_key = v.column3 \
+             WHERE m.state = 'pending' AND m.lease_owner IS NULL LIMIT 1",
+            placeholders(chunk.len(), 3)
+        );
+        // Rarely any: only then is each message's group looked at.
+        let any: Option<(String, String, String)> = on!(tx.conn(), |c| {
+            let mut q = sqlx::query_as(&sql);
+            for (_, m) in chunk {
+                q = q.bind(&m.user_id).bind(&m.channel_id).bind(&m.group_key);
+            }
+            q.fetch_optional(c).await?
+        });
+        if any.is_none() {
+            continue;
+        }
+        for (i, m) in chunk {
+            supersede_waiting(tx, m, period, &mut superseded[*i]).await?;
+        }
+    }
+    Ok(superseded)
+}
+
+/// Inserts pending messages, each accepted at its time, in their order
+/// (ids follow it: a group is delivered in the order it was accepted).
+async fn insert_messages(tx: &mut Tx, messages: &[(&NewMessage, Millis)]) -> Result<()> {
+    for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO messages (user_id, channel_id, integration, group_key, payload, \
+               alert_count, alertnames, created_at, due_at) VALUES {}",
+            placeholders(chunk.len(), 9)
+        );
+        on!(tx.conn(), |c| {
+            let mut q = sqlx::query(&sql);
+            for (m, now) in chunk {
+                q = q
+                    .bind(&m.user_id)
+                    .bind(&m.channel_id)
+                    .bind(m.integration)
+                    .bind(&m.group_key)
+                    .bind(&m.payload)
+                    .bind(m.alert_count)
+                    .bind(&m.alertnames)
+                    .bind(*now)
+                    .bind(*now);
+            }
+            q.execute(c).await?;
+        });
+    }
+    Ok(())
+}
+
+/// Makes the messages of `finals` (delivered or failed) final with a few
+/// multi-row statements: each message, if `owner` still holds its lease;
+/// then the attempts and the usage of those applied. Answers, per record,
+/// whether it was applied.
+async fn finish_many(
+    tx: &mut Tx,
+    owner: &str,
+    finals: &[&AttemptRecord],
+    period: &mut PeriodNow,
+) -> Result<Vec<bool>> {
+    if finals.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (period_id, final_at) = period_now(tx, period).await?;
+    let mut applied = std::collections::HashSet::new();
+    for chunk in finals.chunks(ROWS_PER_STATEMENT) {
+        let n = chunk.len() * 5;
+        let sql = format!(
+            "UPDATE messages SET state = v.column2, attempts = v.column3, last_reason = v.column4, \
+               last_error = v.column5, final_at = ${}, period_id = ${}, paced = FALSE, \
+               lease_owner = NULL, lease_until = NULL \
+             FROM (VALUES {}) AS v \
+             WHERE messages.id = v.column1 AND messages.state = 'pending' AND messages.lease_owner = ${} \
+             RETURNING messages.id",
+            n + 1,
+            n + 2,
+            placeholders(chunk.len(), 5),
+            n + 3
+        );
+        let ids: Vec<i64> = on!(tx.conn(), |c| {
+            let mut q = sqlx::query_scalar(&sql);
+            for r in chunk {
+                let state = if r.outcome == Outcome::Delivered {
+                    Final::Delivered
+                } else {
+                    Final::Failed
+                };
+                q = q
+                    .bind(r.message_id)
+                    .bind(state.as_str())
+                    .bind(attempts_made(r))
+                    .bind(reason(r))
+                    .bind(&r.error);
+            }
+            q.bind(final_at)
+                .bind(&period_id)
+                .bind(owner)
+                .fetch_all(c)
+                .await?
+        });
+        applied.extend(ids);
+    }
+    let done: Vec<&AttemptRecord> = finals
+        .iter()
+        .copied()
+        .filter(|r| applied.contains(&r.message_id))
+        .collect();
+    let attempted: Vec<&AttemptRecord> = done.iter().copied().filter(|r| r.attempted).collect();
+    insert_attempts(tx, &attempted).await?;
+    count_usage_many(tx, &period_id, &done).await?;
+    Ok(finals
+        .iter()
+        .map(|r| applied.contains(&r.message_id))
+        .collect())
+}
+
+async fn insert_attempts(tx: &mut Tx, records: &[&AttemptRecord]) -> Result<()> {
+    for chunk in records.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
+             VALUES {}",
+            placeholders(chunk.len(), 8)
+        );
+        on!(tx.conn(), |c| {
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.message_id)
+                    .bind(r.attempt)
+                    .bind(r.started_at)
+                    .bind(r.duration_ms)
+                    .bind(r.result)
+                    .bind(r.status_code)
+                    .bind(&r.error)
+                    .bind(r.segments);
+            }
+            q.execute(c).await?;
+        });
+    }
+    Ok(())
+}
+
+/// Counts delivered and failed messages in their period's usage, summed per
+/// (user, integration) and written in key order (so that two writers lock
+/// usage rows in one order).
+async fn count_usage_many(tx: &mut Tx, period_id: &str, records: &[&AttemptRecord]) -> Result<()> {
+    let mut sums: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
+    for r in records {
+        let sum = sums
+            .entry((r.user_id.as_str(), r.integration.as_str()))
+            .or_default();
+        if r.outcome == Outcome::Delivered {
+            sum.0 += 1;
+        } else {
+            sum.1 += 1;
+        }
+    }
+    let sums: Vec<_> = sums.into_iter().collect();
+    for chunk in sums.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO usage (period_id, user_id, integration, delivered, failed) VALUES {} \
+             ON CONFLICT (period_id, user_id, integration) DO UPDATE SET \
+               delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed",
+            placeholders(chunk.len(), 5)
+        );
+        on!(tx.conn(), |c| {
+            let mut q = sqlx::query(&sql);
+            for ((user_id, integration), (delivered, failed)) in chunk {
+                q = q
+                    .bind(period_id)
+                    .bind(*user_id)
+                    .bind(*integration)
+                    .bind(*delivered)
+                    .bind(*failed);
+            }
+            q.execute(c).await?;
+        });
+    }
+    Ok(())
 }
 
 /// Records one batch in `tx`: its dedupe key, then (unless the key was seen
@@ -276,6 +598,12 @@ async fn enqueue_one(tx: &mut Tx, batch: &IngestBatch, period: &mut PeriodNow) -
         }
         insert_message(tx, m, batch.now).await?;
     }
+    insert_undeliverable(tx, batch).await?;
+    Ok(Enqueued::Accepted { superseded })
+}
+
+/// The batch's undeliverable alerts (rare: one statement each).
+async fn insert_undeliverable(tx: &mut Tx, batch: &IngestBatch) -> Result<()> {
     for u in &batch.undeliverable {
         on!(tx.conn(), |c| {
             sqlx::query(
@@ -292,7 +620,7 @@ async fn enqueue_one(tx: &mut Tx, batch: &IngestBatch, period: &mut PeriodNow) -
             .await?;
         });
     }
-    Ok(Enqueued::Accepted { superseded })
+    Ok(())
 }
 
 async fn insert_message(tx: &mut Tx, m: &NewMessage, now: Millis) -> Result<()> {

@@ -12,6 +12,7 @@ mod channels;
 mod connections;
 mod delivery;
 mod deploy;
+mod group_commit;
 mod guard;
 mod ingest;
 mod ingest_limit;

@@ -1,0 +1,154 @@
+//! Group commit: many concurrent ingest batches share write transactions,
+//! written a few multi-row statements at a time. Whatever lands in one
+//! group, each batch must come out as it would alone: a dedupe key accepted
+//! once, every message of an accepted batch stored, and a (channel, group)
+//! left with only its newest message pending.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use notimeter::clock::now_ms;
+use notimeter::store::{self, Enqueued, IngestBatch, NewMessage};
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+on_both_backends!(concurrent_batches_come_out_as_they_would_alone);
+
+fn batch(key: &str, channel: &str, group: &str, messages: usize) -> IngestBatch {
+    let now = now_ms();
+    IngestBatch {
+        dedupe_key: key.into(),
+        now,
+        dedupe_expires_at: now + 60_000,
+        messages: (0..messages)
+            .map(|n| NewMessage {
+                user_id: "u1".into(),
+                channel_id: format!("{channel}-{n}"),
+                integration: notimeter::domain::IntegrationKind::Webhook,
+                group_key: group.into(),
+                payload: json!({"key": key, "n": n}).to_string(),
+                alert_count: 1,
+                alertnames: "a".into(),
+            })
+            .collect(),
+        undeliverable: vec![],
+    }
+}
+
+async fn concurrent_batches_come_out_as_they_would_alone(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+
+    // 300 distinct keys, each sent twice (an HA pair): 300 accepted, 300
+    // duplicates. Keys 0..200 have channels of their own; keys 200..300 are
+    // 20 (channel, group)s of five notifications each (firing, resolved, ...).
+    let mut batches = Vec::new();
+    for k in 0..300 {
+        let b = if k < 200 {
+            batch(&format!("k{k}"), &format!("own{k}"), "", 2)
+        } else {
+            let g = k % 20;
+            batch(&format!("k{k}"), &format!("shared{g}"), &format!("g{g}"), 1)
+        };
+        batches.push(b.clone());
+        batches.push(b);
+    }
+    let results = join_all(batches.into_iter().map(|b| {
+        let store = store.clone();
+        async move {
+            let key = b.dedupe_key.clone();
+            (key, store.enqueue(b).await.unwrap())
+        }
+    }))
+    .await;
+
+    let mut by_key: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut superseded = 0;
+    for (key, result) in &results {
+        let e = by_key.entry(key.clone()).or_default();
+        match result {
+            Enqueued::Accepted { superseded: s } => {
+                e.0 += 1;
+                superseded += s.len();
+            }
+            Enqueued::Duplicate => e.1 += 1,
+        }
+    }
+    assert_eq!(by_key.len(), 300);
+    for (key, counts) in &by_key {
+        assert_eq!(*counts, (1, 1), "{key}: accepted once, a duplicate once");
+    }
+    let stored: i64 = query_one(&db.url, "SELECT COUNT(*) FROM messages").await;
+    assert_eq!(
+        stored,
+        200 * 2 + 100,
+        "every message of every accepted batch"
+    );
+    assert_eq!(
+        superseded, 80,
+        "each of 20 groups of five: four superseded by a newer one"
+    );
+    let rows: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages WHERE group_key <> '' AND state = 'superseded'",
+    )
+    .await;
+    assert_eq!(rows, 80);
+    // What is left pending of each group is its newest message.
+    let stale: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages m WHERE m.group_key <> '' AND m.state = 'pending' \
+         AND EXISTS (SELECT 1 FROM messages n WHERE n.group_key = m.group_key \
+                     AND n.channel_id = m.channel_id AND n.id > m.id)",
+    )
+    .await;
+    assert_eq!(stale, 0, "only the newest message of a group is pending");
+    let pending: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages WHERE group_key <> '' AND state = 'pending'",
+    )
+    .await;
+    assert_eq!(pending, 20);
+    let keys: i64 = query_one(&db.url, "SELECT COUNT(*) FROM dedupe").await;
+    assert_eq!(keys, 300);
+
+    // One more notification of each group, at once: no two share a key or a
+    // group, so they are written by the multi-row statements; each
+    // supersedes its group's pending message.
+    let results = join_all((0..20).map(|g| {
+        let store = store.clone();
+        async move {
+            let b = batch(
+                &format!("r2-{g}"),
+                &format!("shared{g}"),
+                &format!("g{g}"),
+                1,
+            );
+            store.enqueue(b).await.unwrap()
+        }
+    }))
+    .await;
+    for r in &results {
+        match r {
+            Enqueued::Accepted { superseded } => assert_eq!(superseded.len(), 1, "{r:?}"),
+            Enqueued::Duplicate => panic!("a fresh key taken for a duplicate"),
+        }
+    }
+    let rows: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages WHERE group_key <> '' AND state = 'superseded'",
+    )
+    .await;
+    assert_eq!(rows, 100);
+    let newest: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages WHERE state = 'pending' AND payload LIKE '%r2-%'",
+    )
+    .await;
+    assert_eq!(newest, 20, "the newest of each group is the one pending");
+    store.close().await;
+}
