@@ -129,6 +129,12 @@ impl Dispatcher {
             match self.store.claim(&self.owner, now, lease_until, limit).await {
                 Ok(batch) if !batch.is_empty() => {
                     debug!(claimed = batch.len(), "claimed messages");
+                    // Fewer than asked for: nothing else is due now. Claim
+                    // again when ingest commits more (or at the next poll),
+                    // not at once: back-to-back claims of one or two
+                    // messages each are write transactions that crowd out
+                    // ingest's commits.
+                    let drained = (batch.len() as i64) < limit;
                     for msg in batch {
                         let Ok(permit) = permits.clone().acquire_owned().await else {
                             break;
@@ -143,6 +149,13 @@ impl Dispatcher {
                             let _ = tx.send(finished).await;
                             drop(permit);
                         });
+                    }
+                    if drained {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = self.wake.notified() => {}
+                            _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                        }
                     }
                 }
                 Ok(_) => {
