@@ -125,6 +125,9 @@ trait Dialect {
     /// standby, a read-only database). None where taking the write lock
     /// proves it (SQLite's `BEGIN IMMEDIATE`).
     const READ_ONLY: Option<&'static str>;
+    /// Refreshes the planner's statistics of the outbox, where the plan of
+    /// the claim depends on them (PostgreSQL; see `Store::claim`).
+    const REFRESH_STATS: Option<&'static str>;
 }
 
 /// A write transaction on either backend.
@@ -157,6 +160,8 @@ pub struct Store {
     /// Where ingest batches go to be written in groups (see `group.rs`);
     /// none in the writer's own copy of the store.
     ingest: Option<group::Queue>,
+    /// When the outbox's statistics were last refreshed (ms), shared by clones.
+    stats_refreshed: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Opens (creating it if needed) the database named by `url`, on the system clock.
@@ -178,6 +183,7 @@ pub async fn connect_with_clock(url: &str, clock: Clock) -> Result<Arc<Store>> {
         pools,
         clock,
         ingest: None,
+        stats_refreshed: Arc::default(),
     };
     let ingest = Some(group::start(store.clone()));
     Ok(Arc::new(Store { ingest, ..store }))

@@ -33,6 +33,13 @@ macro_rules! claim_sql {
 }
 pub(super) use claim_sql;
 
+/// A claim slower than this, of a full batch, means the planner may be
+/// working from statistics older than the backlog (see `Store::refresh_stats`).
+const SLOW_CLAIM: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Least time between two refreshes of the outbox's statistics, in ms.
+const STATS_EVERY: Millis = 30_000;
+
 /// The key of a (channel, group) lock: user, channel and group joined by a
 /// separator that none of them contains.
 fn group_lock_key(user_id: &str, channel_id: &str, group_key: &str) -> String {
@@ -184,15 +191,52 @@ impl Store {
         lease_until: Millis,
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
-        Ok(on!(self.writer(), |c, D| sqlx::query_as(
-            <D as Dialect>::CLAIM
-        )
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(c)
-        .await?))
+        let started = std::time::Instant::now();
+        let claimed: Vec<ClaimedMessage> =
+            on!(self.writer(), |c, D| sqlx::query_as(<D as Dialect>::CLAIM)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(c)
+                .await?);
+        if started.elapsed() > SLOW_CLAIM && claimed.len() as i64 == limit {
+            self.refresh_stats(now);
+        }
+        Ok(claimed)
+    }
+
+    /// Refreshes the outbox's statistics (at most every [`STATS_EVERY`]
+    /// ms), on a task of its own. PostgreSQL plans the claim from them: when
+    /// a backlog builds up faster than autovacuum samples it (an outage, a
+    /// burst), stale statistics that count a few pending messages make it
+    /// sort every pending message on each claim (a claim of 64 then took
+    /// 250 ms with 100,000 pending) instead of reading them in order.
+    fn refresh_stats(&self, now: Millis) {
+        use std::sync::atomic::Ordering;
+        let Some(sql) = on!(&self.pools, |_p, D| <D as Dialect>::REFRESH_STATS) else {
+            return;
+        };
+        let last = self.stats_refreshed.load(Ordering::Relaxed);
+        if now - last < STATS_EVERY
+            || self
+                .stats_refreshed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let done = on!(store.writer(), |c| sqlx::query(sql)
+                .execute(c)
+                .await
+                .map(|_| ()));
+            match done {
+                Ok(_) => tracing::info!("claims were slow: the outbox's statistics refreshed"),
+                Err(e) => tracing::warn!(error = %e, "refreshing the outbox's statistics failed"),
+            }
+        });
     }
 
     /// Gives leased messages back (on shutdown) so another worker takes them now.
@@ -389,13 +433,17 @@ async fn supersede_waiting_many(
         .collect();
     for chunk in grouped.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "SELECT m.user_id, m.channel_id, m.group_key FROM (VALUES {}) AS v \
-             JOIN messages m ON m.user_id = v.column1 AND m.channel_id = v.column2 \
-               AND m.group_key = v.column3 \
-             WHERE m.state = 'pending' AND m.lease_owner IS NULL LIMIT 1",
+            "SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
+             WHERE (SELECT 1 FROM messages m WHERE m.user_id = v.column1 \
+                      AND m.channel_id = v.column2 AND m.group_key = v.column3 \
+                      AND m.state = 'pending' AND m.lease_owner IS NULL LIMIT 1) IS NOT NULL \
+             LIMIT 1",
             placeholders(chunk.len(), 3)
         );
-        // Rarely any: only then is each message's group looked at.
+        // Rarely any: only then is each message's group looked at. (A
+        // subquery per row, so that each is an index look-up whatever the
+        // planner believes of the pending rows: a join was planned as a scan
+        // of every pending message, seconds for a backlog on PostgreSQL.)
         let any: Option<(String, String, String)> = on!(tx.conn(), |c| {
             let mut q = sqlx::query_as(&sql);
             for (_, m) in chunk {

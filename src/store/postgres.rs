@@ -21,6 +21,7 @@ impl Dialect for Postgres {
         Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
     const READ_ONLY: Option<&'static str> =
         Some("SELECT (pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on')");
+    const REFRESH_STATS: Option<&'static str> = Some("ANALYZE messages");
 }
 
 pub(super) async fn connect(url: &str) -> Result<PgPool> {

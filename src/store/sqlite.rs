@@ -22,6 +22,7 @@ impl Dialect for Sqlite {
     const OPEN_PERIOD_EXCLUSIVE: &'static str = ledger::open_period_sql!("");
     const LOCK_GROUP: Option<&'static str> = None;
     const READ_ONLY: Option<&'static str> = None;
+    const REFRESH_STATS: Option<&'static str> = None;
 }
 
 #[derive(Clone, Debug)]
