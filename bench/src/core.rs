@@ -421,15 +421,13 @@ async fn seed_history(database_url: &str, count: u64, users: usize) -> Result<()
            CASE WHEN state = 'delivered' THEN 200 ELSE 500 END FROM messages",
     )
     .await?;
-    execute(
-        database_url,
-        if database_url.starts_with("sqlite:") {
-            "ANALYZE"
-        } else {
-            "VACUUM ANALYZE"
-        },
-    )
-    .await
+    // PostgreSQL's autovacuum would have analysed a table this size; SQLite
+    // has statistics only where someone ran ANALYZE, which notimeter does not.
+    if database_url.starts_with("sqlite:") {
+        Ok(())
+    } else {
+        execute(database_url, "VACUUM ANALYZE").await
+    }
 }
 
 /// notimeter on a fresh database whose users' channels post to `url(user)`.
