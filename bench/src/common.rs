@@ -380,37 +380,88 @@ pub fn fanout_payload(seq: u64, users: &[String]) -> Value {
     )
 }
 
-/// Posts `payloads` fan-out payloads over `users` (`per` users each) with 16 clients.
+/// Posts `payloads` fan-out payloads over `users` (`per` users each, one
+/// message each) with `clients` clients; a 503 (ingest busy) is retried, as
+/// Alertmanager does; fails if a payload is refused otherwise.
 pub async fn post_fanout(
     http: &reqwest::Client,
     url: &str,
     users: &[String],
-    per: usize,
+    (per, clients): (usize, usize),
     payloads: u64,
     seq_base: u64,
-) {
+) -> Result<()> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let users = std::sync::Arc::new(users.to_vec());
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..16 {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
         let (http, url, next, users) = (http.clone(), url.to_owned(), next.clone(), users.clone());
-        clients.spawn(async move {
+        tasks.spawn(async move {
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= payloads {
-                    break;
+                    return anyhow::Ok(());
                 }
                 let start = (n as usize * per) % users.len();
                 let batch: Vec<String> = (0..per)
                     .map(|k| users[(start + k) % users.len()].clone())
                     .collect();
-                let _ = http
-                    .post(&url)
-                    .json(&fanout_payload(seq_base + n, &batch))
-                    .send()
-                    .await;
+                let body = fanout_payload(seq_base + n, &batch);
+                loop {
+                    let r = http.post(&url).json(&body).send().await?;
+                    if r.status().is_success() {
+                        break;
+                    }
+                    if r.status().as_u16() != 503 {
+                        bail!("a fan-out payload was refused: {}", r.status());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         });
     }
-    while clients.join_next().await.is_some() {}
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Alertmanager 0.25 on a free port with `config` (YAML) written to `dir`,
+/// its own storage and no cluster; answers the process and its base URL.
+pub async fn alertmanager(
+    dir: &Path,
+    config: &str,
+    http: &reqwest::Client,
+) -> Result<(Process, String)> {
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("am-live.yml");
+    std::fs::write(&file, config)?;
+    let addr = free_addr()?;
+    let am = Process(
+        Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "starting prometheus-alertmanager (apt-get install prometheus-alertmanager)",
+            )?,
+    );
+    let base = format!("http://{addr}");
+    for _ in 0..200 {
+        if http
+            .get(format!("{base}/-/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok((am, base));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("Alertmanager did not become ready")
 }

@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 
 use crate::common::{
-    execute, fanout_payload, free_addr, group_payload, seed_channels, series, wait_ready, Common,
+    execute, free_addr, group_payload, post_fanout, seed_channels, series, wait_ready, Common,
     Created, Notimeter, Process,
 };
 
@@ -473,59 +473,21 @@ async fn backlog(
     let before = sink.received();
     sink.hold();
     let queued = Instant::now();
-    post_all(http, &server.ingest_url(), &users, per, payloads, seq_base).await?;
+    post_fanout(
+        http,
+        &server.ingest_url(),
+        &users,
+        (per, 8),
+        payloads,
+        seq_base,
+    )
+    .await?;
     let queueing = queued.elapsed();
     let started = Instant::now();
     sink.open();
     let total = payloads * per as u64;
     wait_count(&sink.count, before + total, "delivering the backlog").await?;
     Ok((total as f64 / started.elapsed().as_secs_f64(), queueing))
-}
-
-/// Posts `payloads` fan-out payloads (each `per` users, one message each)
-/// with 8 clients; fails if one is not accepted.
-async fn post_all(
-    http: &reqwest::Client,
-    url: &str,
-    users: &[String],
-    per: usize,
-    payloads: u64,
-    seq_base: u64,
-) -> Result<()> {
-    let next = Arc::new(AtomicU64::new(0));
-    let users = Arc::new(users.to_vec());
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let (http, url, next, users) = (http.clone(), url.to_owned(), next.clone(), users.clone());
-        clients.spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= payloads {
-                    return anyhow::Ok(());
-                }
-                let start = (n as usize * per) % users.len();
-                let batch: Vec<String> = (0..per)
-                    .map(|k| users[(start + k) % users.len()].clone())
-                    .collect();
-                let body = fanout_payload(seq_base + n, &batch);
-                // A 503 (ingest busy) is retried, as Alertmanager does.
-                loop {
-                    let r = http.post(&url).json(&body).send().await?;
-                    if r.status().is_success() {
-                        break;
-                    }
-                    if r.status().as_u16() != 503 {
-                        bail!("a backlog payload was refused: {}", r.status());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        });
-    }
-    while let Some(done) = clients.join_next().await {
-        done??;
-    }
-    Ok(())
 }
 
 fn cores() -> usize {

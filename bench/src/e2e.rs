@@ -6,14 +6,13 @@
 //! alternating, a fresh Alertmanager each time.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{free_addr, seed_channels, Common, Created, Process};
+use crate::common::{seed_channels, Common, Created, Process};
 use crate::core::{wait_count, Sink};
 
 #[derive(Args)]
@@ -30,43 +29,11 @@ pub struct E2eArgs {
 
 /// Alertmanager with one webhook receiver posting to `url`.
 async fn alertmanager(dir: &Path, url: &str, http: &reqwest::Client) -> Result<(Process, String)> {
-    std::fs::create_dir_all(dir)?;
-    let file = dir.join("alertmanager.yml");
-    std::fs::write(
-        &file,
-        format!(
-            "route:\n  receiver: r\n  group_by: [user_id]\n  group_wait: 0s\n  group_interval: 1m\n  repeat_interval: 4h\n\
-             receivers:\n  - name: r\n    webhook_configs:\n      - url: {url}\n        send_resolved: false\n        max_alerts: 0\n"
-        ),
-    )?;
-    let addr = free_addr()?;
-    let am = Process(
-        Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", file.display()))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
-            .arg("--log.level=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context(
-                "starting prometheus-alertmanager (apt-get install prometheus-alertmanager)",
-            )?,
+    let config = format!(
+        "route:\n  receiver: r\n  group_by: [user_id]\n  group_wait: 0s\n  group_interval: 1m\n  repeat_interval: 4h\n\
+         receivers:\n  - name: r\n    webhook_configs:\n      - url: {url}\n        send_resolved: false\n        max_alerts: 0\n"
     );
-    let base = format!("http://{addr}");
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/-/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok((am, base));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("Alertmanager did not become ready")
+    crate::common::alertmanager(dir, &config, http).await
 }
 
 /// Posts one alert per user to Alertmanager and waits until the sink has

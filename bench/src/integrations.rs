@@ -210,7 +210,7 @@ pub async fn run(args: IntegrationArgs) -> Result<()> {
         };
         let before = count();
         let started = Instant::now();
-        post_fanout(&http, &ingest, &users_of[kind], 20, target / 20, seq).await;
+        post_fanout(&http, &ingest, &users_of[kind], (20, 16), target / 20, seq).await?;
         seq += target;
         until(kind, before + target, count).await?;
         let took = started.elapsed();
@@ -226,7 +226,15 @@ pub async fn run(args: IntegrationArgs) -> Result<()> {
     let target = args.isolation_messages - args.isolation_messages % 20;
     let before = webhook();
     let started = Instant::now();
-    post_fanout(&http, &ingest, &users_of["webhook"], 20, target / 20, seq).await;
+    post_fanout(
+        &http,
+        &ingest,
+        &users_of["webhook"],
+        (20, 16),
+        target / 20,
+        seq,
+    )
+    .await?;
     seq += target;
     until("fast alone", before + target, webhook).await?;
     let alone = target as f64 / started.elapsed().as_secs_f64();
@@ -248,7 +256,15 @@ pub async fn run(args: IntegrationArgs) -> Result<()> {
     seq += 2 * args.noisy_messages;
     let before = webhook();
     let started = Instant::now();
-    post_fanout(&http, &ingest, &users_of["webhook"], 20, target / 20, seq).await;
+    post_fanout(
+        &http,
+        &ingest,
+        &users_of["webhook"],
+        (20, 16),
+        target / 20,
+        seq,
+    )
+    .await?;
     until("fast next to noisy", before + target, webhook).await?;
     let beside = target as f64 / started.elapsed().as_secs_f64();
     println!(

@@ -11,8 +11,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{free_addr, Process};
-
 #[derive(Args)]
 pub struct RenderArgs {
     /// Users, each with `--channels` channels.
@@ -32,21 +30,6 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
-}
-
-async fn ready(http: &reqwest::Client, url: &str) -> Result<()> {
-    for _ in 0..200 {
-        if http
-            .get(format!("{url}/-/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("Alertmanager did not become ready")
 }
 
 struct Measured {
@@ -91,23 +74,13 @@ async fn measure(
     }
 
     // Alertmanager starts small, then reloads the rendered file.
+    let (am, url) = crate::common::alertmanager(
+        dir,
+        "route:\n  receiver: x\nreceivers:\n  - name: x\n",
+        http,
+    )
+    .await?;
     let am_file = dir.join("am-live.yml");
-    std::fs::write(&am_file, "route:\n  receiver: x\nreceivers:\n  - name: x\n")?;
-    let addr = free_addr()?;
-    let am = Process(
-        Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", am_file.display()))
-            .arg(format!("--storage.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--cluster.listen-address=")
-            .arg("--log.level=error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting prometheus-alertmanager")?,
-    );
-    let url = format!("http://{addr}");
-    ready(http, &url).await?;
     std::fs::copy(&file, &am_file)?;
     let started = Instant::now();
     notimeter::render::publish::reload(http, &url, Duration::from_secs(120))

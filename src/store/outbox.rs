@@ -159,7 +159,7 @@ impl Store {
             // group): each must see the one before it, so one at a time.
             let mut results = Vec::with_capacity(batches.len());
             for batch in batches {
-                results.push(enqueue_one(&mut tx, batch, &mut period).await?);
+                results.extend(enqueue_many(&mut tx, &[batch], &mut period).await?);
             }
             results
         } else {
@@ -294,7 +294,7 @@ impl Store {
         let mut recorded = Vec::with_capacity(records.len());
         for r in records {
             recorded.push(if waits(r.outcome) {
-                record_one(&mut tx, owner, r, &mut period).await?
+                record_waiting(&mut tx, owner, r, &mut period).await?
             } else if applied.next() == Some(true) {
                 Recorded::Applied
             } else {
@@ -352,8 +352,11 @@ fn repeats_within(batches: &[&IngestBatch]) -> bool {
 }
 
 /// Records `batches` (no two sharing a dedupe key or a (channel, group)) in
-/// `tx` with a few multi-row statements: what [`enqueue_one`] does for each,
-/// in one round trip per statement instead of one per row.
+/// `tx` with a few multi-row statements: each batch's dedupe key, then
+/// (unless the key was seen within its window) its messages, superseding
+/// the waiting ones of their groups, and its undeliverable alerts. (One
+/// payload makes at most one message per channel, so a single batch never
+/// holds two messages of one (channel, group).)
 async fn enqueue_many(
     tx: &mut Tx,
     batches: &[&IngestBatch],
@@ -621,35 +624,6 @@ async fn count_usage_many(tx: &mut Tx, period_id: &str, records: &[&AttemptRecor
     Ok(())
 }
 
-/// Records one batch in `tx`: its dedupe key, then (unless the key was seen
-/// within its window) its messages and undeliverable alerts.
-async fn enqueue_one(tx: &mut Tx, batch: &IngestBatch, period: &mut PeriodNow) -> Result<Enqueued> {
-    let fresh = on!(tx.conn(), |c| sqlx::query(
-        "INSERT INTO dedupe (key, expires_at) VALUES ($1, $2) \
-         ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-         WHERE dedupe.expires_at <= $3",
-    )
-    .bind(&batch.dedupe_key)
-    .bind(batch.dedupe_expires_at)
-    .bind(batch.now)
-    .execute(c)
-    .await?
-    .rows_affected())
-        > 0;
-    if !fresh {
-        return Ok(Enqueued::Duplicate);
-    }
-    let mut superseded = Vec::new();
-    for m in &batch.messages {
-        if !m.group_key.is_empty() {
-            supersede_waiting(tx, m, period, &mut superseded).await?;
-        }
-        insert_message(tx, m, batch.now).await?;
-    }
-    insert_undeliverable(tx, batch).await?;
-    Ok(Enqueued::Accepted { superseded })
-}
-
 /// The batch's undeliverable alerts (rare: one statement each).
 async fn insert_undeliverable(tx: &mut Tx, batch: &IngestBatch) -> Result<()> {
     for u in &batch.undeliverable {
@@ -668,27 +642,6 @@ async fn insert_undeliverable(tx: &mut Tx, batch: &IngestBatch) -> Result<()> {
             .await?;
         });
     }
-    Ok(())
-}
-
-async fn insert_message(tx: &mut Tx, m: &NewMessage, now: Millis) -> Result<()> {
-    on!(tx.conn(), |c| {
-        sqlx::query(
-            "INSERT INTO messages (user_id, channel_id, integration, group_key, payload, \
-               alert_count, alertnames, state, created_at, due_at, attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $8, 0)",
-        )
-        .bind(&m.user_id)
-        .bind(&m.channel_id)
-        .bind(m.integration)
-        .bind(&m.group_key)
-        .bind(&m.payload)
-        .bind(m.alert_count)
-        .bind(&m.alertnames)
-        .bind(now)
-        .execute(c)
-        .await?;
-    });
     Ok(())
 }
 
@@ -765,43 +718,28 @@ fn waits(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Defer { .. } | Outcome::Retry { .. })
 }
 
-/// Stores one attempt's outcome: the message finished or rescheduled, the
-/// attempt row, and the usage count of a billable final outcome.
-async fn record_one(
+/// Stores the outcome of an attempt that sends its message back to wait (a
+/// retry, a deferral) and its attempt row. A message that would wait while
+/// a newer one of its group is queued is superseded instead: final, never
+/// sent again, not billed.
+async fn record_waiting(
     tx: &mut Tx,
     owner: &str,
     r: &AttemptRecord,
     period: &mut PeriodNow,
 ) -> Result<Recorded> {
-    // A message that would wait while a newer one of its group is queued is
-    // superseded instead: final, never sent again.
-    let superseded = waits(r.outcome) && has_newer_in_group(tx, r.message_id).await?;
-    let state = match r.outcome {
-        _ if superseded => Some(Final::Superseded),
-        Outcome::Delivered => Some(Final::Delivered),
-        Outcome::Failed => Some(Final::Failed),
-        Outcome::Retry { .. } | Outcome::Defer { .. } => None,
+    let superseded = has_newer_in_group(tx, r.message_id).await?;
+    let applied = if superseded {
+        let (period_id, final_at) = period_now(tx, period).await?;
+        finish_message(tx, owner, r, Final::Superseded, &period_id, final_at).await?
+    } else {
+        reschedule_message(tx, owner, r).await?
     };
-    let billed_in = match state {
-        Some(state) => {
-            let (period_id, final_at) = period_now(tx, period).await?;
-            if !finish_message(tx, owner, r, state, &period_id, final_at).await? {
-                return Ok(Recorded::LeaseLost);
-            }
-            (state != Final::Superseded).then_some(period_id)
-        }
-        None => {
-            if !reschedule_message(tx, owner, r).await? {
-                return Ok(Recorded::LeaseLost);
-            }
-            None
-        }
-    };
-    if r.attempted {
-        insert_attempt(tx, r).await?;
+    if !applied {
+        return Ok(Recorded::LeaseLost);
     }
-    if let Some(period_id) = billed_in {
-        count_usage(tx, &period_id, r).await?;
+    if r.attempted {
+        insert_attempts(tx, &[r]).await?;
     }
     Ok(if superseded {
         Recorded::Superseded
@@ -888,45 +826,4 @@ async fn has_newer_in_group(tx: &mut Tx, message_id: i64) -> Result<bool> {
     .fetch_optional(c)
     .await?
     .is_some()))
-}
-
-async fn insert_attempt(tx: &mut Tx, r: &AttemptRecord) -> Result<()> {
-    on!(tx.conn(), |c| {
-        sqlx::query(
-            "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(r.message_id)
-        .bind(r.attempt)
-        .bind(r.started_at)
-        .bind(r.duration_ms)
-        .bind(r.result)
-        .bind(r.status_code)
-        .bind(&r.error)
-        .bind(r.segments)
-        .execute(c)
-        .await?;
-    });
-    Ok(())
-}
-
-/// Counts a delivered or failed message in its period's usage.
-async fn count_usage(tx: &mut Tx, period_id: &str, r: &AttemptRecord) -> Result<()> {
-    let delivered = r.outcome == Outcome::Delivered;
-    on!(tx.conn(), |c| {
-        sqlx::query(
-            "INSERT INTO usage (period_id, user_id, integration, delivered, failed) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (period_id, user_id, integration) DO UPDATE SET \
-               delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed",
-        )
-        .bind(period_id)
-        .bind(&r.user_id)
-        .bind(r.integration)
-        .bind(i64::from(delivered))
-        .bind(i64::from(!delivered))
-        .execute(c)
-        .await?;
-    });
-    Ok(())
 }
