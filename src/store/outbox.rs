@@ -405,15 +405,16 @@ async fn insert_dedupe_keys(
         let sql = format!(
             "INSERT INTO dedupe (key, expires_at) VALUES {} \
              ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-             WHERE dedupe.expires_at <= {now} RETURNING key",
-            placeholders(chunk.len(), 2)
+             WHERE dedupe.expires_at <= ${} RETURNING key",
+            placeholders(chunk.len(), 2),
+            chunk.len() * 2 + 1
         );
         let keys: Vec<String> = on!(tx.conn(), |c| {
             let mut q = sqlx::query_scalar(&sql);
             for b in chunk {
                 q = q.bind(&b.dedupe_key).bind(b.dedupe_expires_at);
             }
-            q.fetch_all(c).await?
+            q.bind(now).fetch_all(c).await?
         });
         fresh.extend(keys);
     }
