@@ -553,19 +553,20 @@ async fn hostile_values_in_the_itemized_export(backend: Backend) {
 }
 
 async fn a_missed_close_happens_at_start_with_the_scheduled_boundary(backend: Backend) {
+    let hour = 3_600_000;
+    // The message must become final after the last boundary before the
+    // restart, and no close may run before the test moves the open period's
+    // start: a run that starts in an hour's last minute waits for the next.
+    let to_next = hour - notimeter::clock::now_ms() % hour;
+    if to_next < 60_000 {
+        tokio::time::sleep(Duration::from_millis(to_next as u64 + 100)).await;
+    }
     let app = spawn_app_with(&backend, |s| {
         s.billing.schedule = "0 0 * * * *".parse().unwrap();
     })
     .await;
     // A message delivered now: final after the boundaries the missed closes
     // use, so each close moves it (and its count) on to the next period.
-    let hour = 3_600_000;
-    // The message must become final after the last boundary before the
-    // restart: a run that starts in an hour's last seconds waits for the next.
-    let to_next = hour - notimeter::clock::now_ms() % hour;
-    if to_next < 60_000 {
-        tokio::time::sleep(Duration::from_millis(to_next as u64 + 100)).await;
-    }
     let sink = Sink::start().await;
     app.add_webhook("u1", "hook", &sink.url("/u1")).await;
     traffic(&app, &sink, &["u1"], "late").await;
