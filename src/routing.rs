@@ -1,5 +1,5 @@
-//! The routing index: every channel, parsed (settings, matchers), kept in
-//! memory so that ingest and the dispatcher read no channel rows.
+//! The routing index: every channel, in the compact form routing and sending
+//! need, kept in memory so that ingest and the dispatcher read no channel rows.
 //!
 //! The store logs each change to a channel (`channel_log`, in commit order).
 //! [`Routes::follow`] applies the changes logged after the last one applied,
@@ -7,27 +7,188 @@
 //! replica, the CLI, the Consul import) routes everywhere within that. A
 //! process that saves a channel itself applies the change at once
 //! ([`Routes::refresh`]), so its own API reads what it wrote.
+//!
+//! Memory: an index of 300,000 channels is part of every replica's resident
+//! set, so it is packed to about 100 bytes a channel, not held as parsed
+//! [`Channel`]s (about 900): a user's id and their channels' settings, in
+//! their stored JSON form, share one string (settings are parsed when a
+//! message is sent: a microsecond or two, next to the send itself), the
+//! routes one slice, and channel ids and matcher lists that many channels
+//! repeat are held once.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::Channel;
+use crate::domain::{Channel, ChannelSettings, IntegrationKind, Matchers};
 use crate::store::{ChannelChange, Store, StoreError};
 
 /// How often the channel log is read for changes made elsewhere.
 pub const REFRESH: Duration = Duration::from_millis(500);
 
-/// A user's channels, by channel id.
-type UserChannels = Vec<Arc<Channel>>;
+/// One channel as routing needs it (its settings: [`Routes::settings`]).
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub channel_id: Arc<str>,
+    pub kind: IntegrationKind,
+    pub enabled: bool,
+    pub send_resolved: bool,
+    pub matchers: Arc<Matchers>,
+}
+
+/// A route and its settings' JSON (secrets included), before packing.
+struct Entry {
+    route: Route,
+    settings: String,
+}
+
+impl Entry {
+    fn new(ch: &Channel, interned: &mut Interned) -> Self {
+        let settings = crate::domain::secret::exposing(|| {
+            serde_json::to_string(&ch.settings).expect("channel settings serialise")
+        });
+        Entry {
+            route: Route {
+                channel_id: interned.channel_id(ch.channel_id.as_str()),
+                kind: ch.kind(),
+                enabled: ch.enabled,
+                send_resolved: ch.send_resolved,
+                matchers: interned.matchers(&ch.matchers),
+            },
+            settings,
+        }
+    }
+}
+
+/// A route in a user's slice, its settings a range of the user's text.
+struct Slot {
+    route: Route,
+    settings: (u32, u32),
+}
+
+/// One user's channels, sorted by channel id (never none).
+struct UserRoutes {
+    /// The user id, then each channel's settings JSON, back to back.
+    text: Box<str>,
+    slots: Box<[Slot]>,
+}
+
+impl UserRoutes {
+    fn pack(user_id: &str, entries: Vec<Entry>) -> Self {
+        let len = user_id.len() + entries.iter().map(|e| e.settings.len()).sum::<usize>();
+        let mut text = String::with_capacity(len);
+        text.push_str(user_id);
+        let slots = entries
+            .into_iter()
+            .map(|e| {
+                let start = text.len() as u32;
+                text.push_str(&e.settings);
+                Slot {
+                    route: e.route,
+                    settings: (start, text.len() as u32),
+                }
+            })
+            .collect();
+        UserRoutes {
+            text: text.into_boxed_str(),
+            slots,
+        }
+    }
+
+    fn unpack(self) -> Vec<Entry> {
+        let text = self.text;
+        Vec::from(self.slots)
+            .into_iter()
+            .map(|slot| Entry {
+                settings: text[slot.settings.0 as usize..slot.settings.1 as usize].to_owned(),
+                route: slot.route,
+            })
+            .collect()
+    }
+
+    fn user_id(&self) -> &str {
+        &self.text[..self.slots[0].settings.0 as usize]
+    }
+
+    fn find(&self, channel_id: &str) -> Result<usize, usize> {
+        self.slots
+            .binary_search_by(|s| (*s.route.channel_id).cmp(channel_id))
+    }
+
+    fn settings(&self, i: usize) -> &str {
+        let (start, end) = self.slots[i].settings;
+        &self.text[start as usize..end as usize]
+    }
+}
+
+/// Channel ids and matcher lists seen while loading, each held once.
+#[derive(Default)]
+struct Interned {
+    channel_ids: HashMap<String, Arc<str>>,
+    matchers: HashMap<Vec<String>, Arc<Matchers>>,
+}
+
+impl Interned {
+    fn channel_id(&mut self, id: &str) -> Arc<str> {
+        if let Some(a) = self.channel_ids.get(id) {
+            return a.clone();
+        }
+        let a: Arc<str> = id.into();
+        self.channel_ids.insert(id.to_owned(), a.clone());
+        a
+    }
+
+    fn matchers(&mut self, m: &Matchers) -> Arc<Matchers> {
+        self.matchers
+            .entry(m.to_strings())
+            .or_insert_with(|| Arc::new(m.clone()))
+            .clone()
+    }
+}
+
+/// Every user's channels, found by user id.
+#[derive(Default)]
+struct Index {
+    users: HashTable<UserRoutes>,
+    hasher: RandomState,
+}
+
+impl Index {
+    fn get(&self, user_id: &str) -> Option<&UserRoutes> {
+        self.users
+            .find(self.hasher.hash_one(user_id), |u| u.user_id() == user_id)
+    }
+
+    fn take(&mut self, user_id: &str) -> Option<UserRoutes> {
+        let hash = self.hasher.hash_one(user_id);
+        match self.users.find_entry(hash, |u| u.user_id() == user_id) {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    fn put(&mut self, routes: UserRoutes) {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(routes.user_id());
+        self.users
+            .insert_unique(hash, routes, |u| hasher.hash_one(u.user_id()));
+    }
+
+    fn shrink(&mut self) {
+        let hasher = &self.hasher;
+        self.users.shrink_to_fit(|u| hasher.hash_one(u.user_id()));
+    }
+}
 
 pub struct Routes {
     store: Arc<Store>,
-    /// user id → that user's channels (enabled or not), sorted by channel id.
-    by_user: RwLock<HashMap<String, UserChannels>>,
+    by_user: RwLock<Index>,
     /// The last channel log version applied; held while changes are applied,
     /// so two refreshes never interleave.
     applied: Mutex<i64>,
@@ -35,7 +196,7 @@ pub struct Routes {
 
 /// One channel looked up by its receiver name.
 pub enum Lookup {
-    Found(Arc<Channel>),
+    Found(Route),
     /// No such channel (or a stored one that no longer parses).
     Missing,
 }
@@ -45,7 +206,7 @@ impl Routes {
     pub async fn load(store: Arc<Store>) -> Result<Arc<Self>, StoreError> {
         let routes = Arc::new(Self {
             store,
-            by_user: RwLock::new(HashMap::new()),
+            by_user: RwLock::new(Index::default()),
             applied: Mutex::new(0),
         });
         routes.reload(&mut *routes.applied.lock().await).await?;
@@ -53,29 +214,44 @@ impl Routes {
     }
 
     async fn reload(&self, applied: &mut i64) -> Result<(), StoreError> {
-        let (version, list) = self.store.channel_snapshot().await?;
-        for bad in &list.corrupt {
+        let mut interned = Interned::default();
+        let mut index = Index::default();
+        let mut user: Option<(String, Vec<Entry>)> = None;
+        // Rows come sorted by user, then channel id.
+        let (version, corrupt) = self
+            .store
+            .channel_snapshot(|ch| {
+                let entry = Entry::new(&ch, &mut interned);
+                match &mut user {
+                    Some((id, list)) if id == ch.user_id.as_str() => list.push(entry),
+                    _ => {
+                        let next = (ch.user_id.to_string(), vec![entry]);
+                        if let Some((id, list)) = user.replace(next) {
+                            index.put(UserRoutes::pack(&id, list));
+                        }
+                    }
+                }
+            })
+            .await?;
+        if let Some((id, list)) = user {
+            index.put(UserRoutes::pack(&id, list));
+        }
+        for bad in &corrupt {
             tracing::error!(user_id = %bad.user_id, channel_id = %bad.channel_id, reason = %bad.reason,
                 "a stored channel is corrupt; alerts for it are undeliverable");
         }
-        let mut by_user: HashMap<String, UserChannels> = HashMap::new();
-        for ch in list.channels {
-            by_user
-                .entry(ch.user_id.to_string())
-                .or_default()
-                .push(Arc::new(ch));
-        }
-        *self.write() = by_user;
+        index.shrink();
+        *self.write() = index;
         *applied = version;
         tracing::debug!(version, "routing index loaded");
         Ok(())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, UserChannels>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
         self.by_user.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, UserChannels>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.by_user.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -97,20 +273,24 @@ impl Routes {
     }
 
     fn apply(&self, changes: Vec<ChannelChange>) {
-        let mut by_user = self.write();
+        let mut interned = Interned::default();
+        let mut index = self.write();
         for change in changes {
-            let list = by_user.entry(change.user_id.clone()).or_default();
-            let at = list.binary_search_by(|c| c.channel_id.as_str().cmp(&change.channel_id));
+            let mut list = index
+                .take(&change.user_id)
+                .map(UserRoutes::unpack)
+                .unwrap_or_default();
+            let at = list.binary_search_by(|e| (*e.route.channel_id).cmp(&change.channel_id));
             match (at, change.channel) {
-                (Ok(i), Some(ch)) => list[i] = Arc::new(ch),
-                (Err(i), Some(ch)) => list.insert(i, Arc::new(ch)),
+                (Ok(i), Some(ch)) => list[i] = Entry::new(&ch, &mut interned),
+                (Err(i), Some(ch)) => list.insert(i, Entry::new(&ch, &mut interned)),
                 (Ok(i), None) => {
                     list.remove(i);
                 }
                 (Err(_), None) => {}
             }
-            if list.is_empty() {
-                by_user.remove(&change.user_id);
+            if !list.is_empty() {
+                index.put(UserRoutes::pack(&change.user_id, list));
             }
         }
     }
@@ -143,25 +323,99 @@ impl Routes {
     pub fn channel(&self, user_id: &str, channel_id: &str) -> Lookup {
         self.read()
             .get(user_id)
-            .and_then(|list| {
-                list.binary_search_by(|c| c.channel_id.as_str().cmp(channel_id))
-                    .ok()
-                    .map(|i| list[i].clone())
-            })
+            .and_then(|u| u.find(channel_id).ok().map(|i| u.slots[i].route.clone()))
             .map_or(Lookup::Missing, Lookup::Found)
     }
 
+    /// One channel and its settings, parsed, for a send; `None` when there is
+    /// no such channel.
+    pub fn sendable(
+        &self,
+        user_id: &str,
+        channel_id: &str,
+    ) -> Option<(Route, Result<ChannelSettings, String>)> {
+        let index = self.read();
+        let u = index.get(user_id)?;
+        let i = u.find(channel_id).ok()?;
+        let route = u.slots[i].route.clone();
+        let settings = serde_json::from_str::<serde_json::Value>(u.settings(i))
+            .map_err(|e| e.to_string())
+            .and_then(|v| ChannelSettings::parse(route.kind, &v));
+        Some((route, settings))
+    }
+
     /// A user's channels (enabled or not), by channel id.
-    pub fn user_channels(&self, user_id: &str) -> UserChannels {
-        self.read().get(user_id).cloned().unwrap_or_default()
+    pub fn user_channels(&self, user_id: &str) -> Vec<Route> {
+        self.read()
+            .get(user_id)
+            .map(|u| u.slots.iter().map(|s| s.route.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// How many channels the index holds.
     pub fn len(&self) -> usize {
-        self.read().values().map(Vec::len).sum()
+        self.read().users.iter().map(|u| u.slots.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChannelId, ChannelSpec, UserId};
+
+    fn channel(user: &str, id: &str, url: &str, matchers: &[&str]) -> Channel {
+        let spec: ChannelSpec = serde_json::from_value(serde_json::json!({
+            "type": "webhook", "settings": {"url": url, "bearer_token": "s3cret"},
+            "matchers": matchers,
+        }))
+        .unwrap();
+        Channel::parse(
+            UserId::parse(user).unwrap(),
+            ChannelId::parse(id).unwrap(),
+            spec,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_packed_user_gives_back_each_channel_and_its_settings() {
+        let mut interned = Interned::default();
+        let channels = [
+            channel("u1", "a", "http://one/", &["severity=\"critical\""]),
+            channel("u1", "b", "http://two/", &[]),
+            channel("u1", "c", "http://three/", &["severity=\"critical\""]),
+        ];
+        let entries = channels
+            .iter()
+            .map(|c| Entry::new(c, &mut interned))
+            .collect();
+        let mut index = Index::default();
+        index.put(UserRoutes::pack("u1", entries));
+        let u = index.get("u1").expect("u1 is indexed");
+        assert_eq!(u.user_id(), "u1");
+        for (i, ch) in channels.iter().enumerate() {
+            assert_eq!(u.find(ch.channel_id.as_str()), Ok(i));
+            let v: serde_json::Value = serde_json::from_str(u.settings(i)).unwrap();
+            let parsed = ChannelSettings::parse(IntegrationKind::Webhook, &v).unwrap();
+            assert_eq!(parsed, ch.settings, "secrets included");
+            assert_eq!(*u.slots[i].route.matchers, ch.matchers);
+        }
+        assert!(
+            Arc::ptr_eq(&u.slots[0].route.matchers, &u.slots[2].route.matchers),
+            "a repeated matcher list is held once"
+        );
+        assert_eq!(u.find("bb"), Err(2));
+        assert!(index.get("u2").is_none());
+        let back = index.take("u1").unwrap().unpack();
+        assert_eq!(back.len(), 3);
+        assert_eq!(
+            back[1].settings,
+            Entry::new(&channels[1], &mut interned).settings
+        );
+        assert!(index.get("u1").is_none());
     }
 }

@@ -18,9 +18,9 @@ use super::retry::RetryPolicy;
 use super::{Reason, Registry, SendContext, SendError, Sent};
 use crate::clock::{duration_ms, Clock};
 use crate::config::{DispatchSettings, Settings};
-use crate::domain::{AttemptResult, Channel, WebhookPayload};
+use crate::domain::{AttemptResult, ChannelSettings, WebhookPayload};
 use crate::metering::{Final, Metrics};
-use crate::routing::{Lookup, Routes};
+use crate::routing::Routes;
 use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store, StoreError};
 
 pub struct Dispatcher {
@@ -60,7 +60,7 @@ enum Step {
 
 /// A message ready to send: its channel's settings and its payload.
 struct Prepared {
-    channel: Arc<Channel>,
+    settings: ChannelSettings,
     payload: WebhookPayload,
 }
 
@@ -239,7 +239,7 @@ impl Dispatcher {
     /// What a send needs: the channel (from the routing index) and the
     /// payload. Failures here are permanent.
     fn prepare(&self, msg: &ClaimedMessage) -> Result<Prepared, SendError> {
-        let Lookup::Found(channel) = self.routes.channel(&msg.user_id, &msg.channel_id) else {
+        let Some((channel, settings)) = self.routes.sendable(&msg.user_id, &msg.channel_id) else {
             return Err(SendError::permanent(
                 Reason::Other,
                 "the channel was deleted",
@@ -251,10 +251,16 @@ impl Dispatcher {
                 "the channel was disabled",
             ));
         }
+        let settings = settings.map_err(|e| {
+            SendError::permanent(
+                Reason::Other,
+                format!("the channel's settings are corrupt: {e}"),
+            )
+        })?;
         let payload: WebhookPayload = serde_json::from_str(&msg.payload).map_err(|e| {
             SendError::permanent(Reason::Other, format!("stored message is corrupt: {e}"))
         })?;
-        Ok(Prepared { channel, payload })
+        Ok(Prepared { settings, payload })
     }
 
     /// Plan limit (on a message's first try), pacing, a place at the
@@ -266,7 +272,7 @@ impl Dispatcher {
             Ok(p) => p,
             Err(e) => return Step::Failed(e),
         };
-        let settings = &p.channel.settings;
+        let settings = &p.settings;
         let kind = settings.kind();
         let now = self.clock.instant();
         if msg.attempts == 0 && !msg.paced {

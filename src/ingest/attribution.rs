@@ -11,10 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::alert::{Envelope, InvalidAlert, OutgoingPayload};
-use crate::domain::{
-    Alert, AlertStatus, Channel, ReceiverName, Target, UndeliverableReason, UserId,
-};
-use crate::routing::{Lookup, Routes};
+use crate::domain::{Alert, AlertStatus, ReceiverName, Target, UndeliverableReason, UserId};
+use crate::routing::{Lookup, Route, Routes};
 use crate::store::{NewMessage, Undeliverable};
 
 /// An alert with the user it is attributed to.
@@ -78,7 +76,8 @@ impl Plan {
     fn offer(
         &mut self,
         envelope: &Envelope,
-        channel: &Channel,
+        user: &UserId,
+        channel: &Route,
         alerts: &[&Attributed],
     ) -> Vec<usize> {
         let matched: Vec<usize> = (0..alerts.len())
@@ -95,9 +94,9 @@ impl Plan {
             let alertnames: BTreeSet<&str> = to_send.iter().map(|a| a.alertname()).collect();
             let alertnames = alertnames.into_iter().collect::<Vec<_>>().join(",");
             self.messages.push(NewMessage {
-                user_id: channel.user_id.to_string(),
+                user_id: user.to_string(),
                 channel_id: channel.channel_id.to_string(),
-                integration: channel.kind(),
+                integration: channel.kind,
                 group_key: envelope.group_key.clone(),
                 alert_count: to_send.len() as i64,
                 alertnames,
@@ -170,7 +169,7 @@ impl Plan {
         let why = match routes.channel(user.as_str(), channel_id.as_str()) {
             Lookup::Found(ch) if ch.enabled => {
                 let matched: BTreeSet<usize> =
-                    self.offer(envelope, &ch, &own).into_iter().collect();
+                    self.offer(envelope, user, &ch, &own).into_iter().collect();
                 for (i, a) in own.iter().enumerate() {
                     if !matched.contains(&i) {
                         self.undeliverable(envelope, a, UndeliverableReason::NoMatchingChannel);
@@ -202,7 +201,7 @@ impl Plan {
             }
             let mut taken = BTreeSet::new();
             for ch in &channels {
-                taken.extend(self.offer(envelope, ch, &own));
+                taken.extend(self.offer(envelope, user, ch, &own));
             }
             for (i, a) in own.iter().enumerate() {
                 if !taken.contains(&i) {

@@ -149,27 +149,34 @@ impl Store {
         .await
     }
 
-    /// Every channel, enabled or not, with the channel log's last version
-    /// read before them: changes logged after it are applied on top (a
-    /// change made while the channels were read is applied twice, harmlessly).
-    pub async fn channel_snapshot(&self) -> Result<(i64, ChannelList)> {
+    /// Every channel, enabled or not, handed to `each` as it is read (so that
+    /// 300,000 channels are never all held at once, parsed), with the channel
+    /// log's last version read before them: changes logged after it are
+    /// applied on top (a change made while the channels were read is applied
+    /// twice, harmlessly). Returns that version and the channels that no
+    /// longer parse.
+    pub async fn channel_snapshot(
+        &self,
+        mut each: impl FnMut(Channel) + Send,
+    ) -> Result<(i64, Vec<CorruptChannel>)> {
         let head: Option<i64> = on!(self.reader(), |c| sqlx::query_scalar(
             "SELECT MAX(version) FROM channel_log"
         )
         .fetch_one(c)
         .await?);
-        // Decoded row by row as they come: with 300,000 channels, holding
-        // every row and every parsed channel at once doubled the peak.
-        let mut list = ChannelList::default();
+        let mut corrupt = Vec::new();
         on!(self.reader(), |c| {
             let mut rows =
                 sqlx::query_as::<_, ChannelRow>(select_channels!("ORDER BY user_id, channel_id"))
                     .fetch(c);
             while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
-                decode_into(&mut list, row);
+                match decode_row(row) {
+                    Ok(ch) => each(ch),
+                    Err(bad) => corrupt.push(bad),
+                }
             }
         });
-        Ok((head.unwrap_or(0), list))
+        Ok((head.unwrap_or(0), corrupt))
     }
 
     /// The channels changed after `version`, in order, or `None` when the log
@@ -251,22 +258,22 @@ impl Store {
 fn decode_list(rows: Vec<ChannelRow>) -> ChannelList {
     let mut list = ChannelList::default();
     for row in rows {
-        decode_into(&mut list, row);
+        match decode_row(row) {
+            Ok(ch) => list.channels.push(ch),
+            Err(bad) => list.corrupt.push(bad),
+        }
     }
     list
 }
 
-/// Adds one stored channel to `list`, parsed, or to its corrupt ones.
-fn decode_into(list: &mut ChannelList, row: ChannelRow) {
+/// One stored channel, parsed, or why it no longer parses.
+fn decode_row(row: ChannelRow) -> std::result::Result<Channel, CorruptChannel> {
     let (user_id, channel_id) = (row.user_id.clone(), row.channel_id.clone());
-    match row.decode() {
-        Ok(ch) => list.channels.push(ch),
-        Err(e) => list.corrupt.push(CorruptChannel {
-            user_id,
-            channel_id,
-            reason: e.to_string(),
-        }),
-    }
+    row.decode().map_err(|e| CorruptChannel {
+        user_id,
+        channel_id,
+        reason: e.to_string(),
+    })
 }
 
 /// Logs a change to one channel, in the writing transaction. Channel writers
