@@ -197,6 +197,7 @@ impl Application {
         ));
         let renders = tokio::spawn(run_renderer(state.clone(), shutdown.clone()));
         let routes = tokio::spawn(state.routes.clone().follow(shutdown.clone()));
+        let consul = tokio::spawn(crate::import::watch::run(state.clone(), shutdown.clone()));
         let retention = tokio::spawn(scheduler::run_retention(
             state.ledger.clone(),
             shutdown.clone(),
@@ -231,7 +232,15 @@ impl Application {
         };
         let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         wind_down(
-            [pruner, closes, renders, retention, routes, dispatch_task],
+            [
+                pruner,
+                closes,
+                renders,
+                retention,
+                routes,
+                consul,
+                dispatch_task,
+            ],
             &state.store,
             deadline,
             settings.shutdown_timeout,
@@ -246,7 +255,7 @@ impl Application {
 /// `shutdown_timeout`: what has not finished by then is left to its lease,
 /// which expires and hands the message to another worker.
 async fn wind_down(
-    mut tasks: [tokio::task::JoinHandle<()>; 6],
+    mut tasks: [tokio::task::JoinHandle<()>; 7],
     store: &Store,
     deadline: tokio::time::Instant,
     shutdown_timeout: Duration,

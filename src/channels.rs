@@ -4,7 +4,7 @@
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::dispatch::{Registry, ValidateContext};
-use crate::domain::Channel;
+use crate::domain::{Channel, ChannelSource};
 use crate::outbound::Guard;
 use crate::store::{Store, StoreError};
 
@@ -13,6 +13,9 @@ pub enum SaveError {
     /// The channel is refused; the message says why (answered as 422).
     #[error("{0}")]
     Invalid(String),
+    /// The channel belongs to another source (answered as 409).
+    #[error("{0}")]
+    Owned(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -43,7 +46,12 @@ pub async fn save(
         .get_channel(channel.user_id.as_str(), channel.channel_id.as_str())
         .await
     {
-        Ok(Some(previous)) => channel.settings.keep_secrets(&previous.settings),
+        Ok(Some(previous)) => {
+            if previous.source != channel.source {
+                return Err(SaveError::Owned(owned_by(&previous)));
+            }
+            channel.settings.keep_secrets(&previous.settings)
+        }
         Ok(None) => {}
         // Whatever was stored is replaced; it has no secrets to keep.
         Err(StoreError::Corrupt(_)) => {}
@@ -66,4 +74,19 @@ pub async fn save(
         .await?
         .ok_or_else(|| StoreError::Corrupt("the channel vanished after it was saved".into()))?;
     Ok(Saved { created, channel })
+}
+
+/// Why a channel cannot be changed by anyone but its source.
+pub fn owned_by(channel: &Channel) -> String {
+    match channel.source {
+        ChannelSource::Consul => format!(
+            "channel {}/{} is managed by Consul (source \"consul\"): change or delete it there, \
+             under users/{}/alarms/",
+            channel.user_id, channel.channel_id, channel.user_id
+        ),
+        ChannelSource::Api => format!(
+            "channel {}/{} was made through the API (source \"api\"); Consul does not replace it",
+            channel.user_id, channel.channel_id
+        ),
+    }
 }

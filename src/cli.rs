@@ -59,6 +59,13 @@ pub enum ImportCommand {
         /// Read the same data live from Consul, e.g. http://127.0.0.1:8500.
         #[arg(long, value_name = "ADDRESS", conflicts_with = "file")]
         from_consul: Option<String>,
+        /// Also delete the Consul channels the data no longer describes (at
+        /// most `[consul] max_delete_share` of them, unless --force).
+        #[arg(long)]
+        prune: bool,
+        /// With --prune: delete however many that is.
+        #[arg(long, requires = "prune")]
+        force: bool,
     },
 }
 

@@ -97,6 +97,7 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub render: RenderSettings,
     pub page: PageSettings,
+    pub consul: ConsulSettings,
 }
 
 impl Default for Settings {
@@ -133,6 +134,7 @@ impl Default for Settings {
             retention: RetentionSettings::default(),
             render: RenderSettings::default(),
             page: PageSettings::default(),
+            consul: ConsulSettings::default(),
         }
     }
 }
@@ -442,6 +444,64 @@ impl Default for RetentionSettings {
     }
 }
 
+/// Consul KV as a live source of channels (the original setup's layout,
+/// `<prefix><user_id>/alarms/<type>/<alarm_id>/<field>`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsulSettings {
+    /// Consul's HTTP API, e.g. `http://127.0.0.1:8500`. Unset: no watch.
+    pub address: Option<String>,
+    /// An ACL token with read access to the prefix (`X-Consul-Token`).
+    pub token: Option<Secret>,
+    /// A file holding the token (read at start; its surrounding whitespace
+    /// is trimmed), instead of `token`.
+    pub token_file: Option<PathBuf>,
+    /// The KV prefix the users live under.
+    pub prefix: String,
+    /// The datacenter to read from (`?dc=`); Consul's own by default.
+    pub datacenter: Option<String>,
+    /// A sync that would delete more than this share of the Consul channels
+    /// at once changes nothing (Consul answering empty is not "delete all").
+    pub max_delete_share: f64,
+    /// How long one blocking query may wait for a change (Consul caps it at 10m).
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// The longest pause between retries after an error (they back off from 1s).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for ConsulSettings {
+    fn default() -> Self {
+        Self {
+            address: None,
+            token: None,
+            token_file: None,
+            prefix: "users/".into(),
+            datacenter: None,
+            max_delete_share: 0.5,
+            wait: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ConsulSettings {
+    /// The token, from `token` or `token_file`.
+    pub fn token(&self) -> Result<Option<Secret>, String> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                Err("consul.token and consul.token_file are mutually exclusive".into())
+            }
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|t| Some(Secret::new(t.trim())))
+                .map_err(|e| format!("consul.token_file {}: {e}", path.display())),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RenderMode {
@@ -579,6 +639,18 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.render.max_shrink) {
             return Err("render.max_shrink is a share between 0 and 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.consul.max_delete_share) {
+            return Err("consul.max_delete_share is a share between 0 and 1".into());
+        }
+        if self.consul.wait.is_zero() || self.consul.wait > Duration::from_secs(600) {
+            return Err("consul.wait is a duration between 1s and 10m (Consul's limit)".into());
+        }
+        if !self.consul.prefix.is_empty() && !self.consul.prefix.ends_with('/') {
+            return Err(format!(
+                "consul.prefix {:?} must end with '/' (a folder, like \"users/\")",
+                self.consul.prefix
+            ));
         }
         if self.retention.interval.is_zero() {
             return Err("retention.interval must be longer than 0s".into());

@@ -27,9 +27,20 @@ async fn main() -> ExitCode {
             commands::ledger::export(settings, &period, output.as_deref()).await
         }
         Command::Render(args) => commands::render::run(&settings, &args).await,
-        Command::Import(ImportCommand::ConsulExport { file, from_consul }) => {
-            commands::import::consul_export(&settings, file.as_deref(), from_consul.as_deref())
-                .await
+        Command::Import(ImportCommand::ConsulExport {
+            file,
+            from_consul,
+            prune,
+            force,
+        }) => {
+            let options = notimeter::import::consul::SyncOptions { prune, force };
+            commands::import::consul_export(
+                &settings,
+                file.as_deref(),
+                from_consul.as_deref(),
+                options,
+            )
+            .await
         }
     };
     match result {

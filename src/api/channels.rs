@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::JsonBody;
 use crate::channels::SaveError;
 use crate::clock::rfc3339;
-use crate::domain::{Channel, ChannelId, ChannelSpec, UserId};
+use crate::domain::{Channel, ChannelId, ChannelSource, ChannelSpec, UserId};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -22,6 +22,8 @@ pub struct ChannelView {
     channel_id: String,
     #[serde(flatten)]
     spec: ChannelSpec,
+    /// "api" or "consul" (see `ChannelSource`).
+    source: &'static str,
     created_at: String,
     updated_at: String,
 }
@@ -38,6 +40,7 @@ fn view(ch: &Channel) -> ChannelView {
         user_id: ch.user_id.to_string(),
         channel_id: ch.channel_id.to_string(),
         spec: ch.spec(),
+        source: ch.source.as_str(),
         created_at: rfc3339(ch.created_at),
         updated_at: rfc3339(ch.updated_at),
     }
@@ -60,6 +63,7 @@ pub async fn put(
     .await
     .map_err(|e| match e {
         SaveError::Invalid(why) => ApiError::Unprocessable(why),
+        SaveError::Owned(why) => ApiError::Conflict(why),
         SaveError::Store(e) => e.into(),
     })?;
     state.channels_changed().await;
@@ -91,9 +95,18 @@ pub async fn delete(
     Path((user_id, channel_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let (user, channel) = ids(&user_id, &channel_id)?;
+    if let Ok(Some(ch)) = state
+        .store
+        .get_channel(user.as_str(), channel.as_str())
+        .await
+    {
+        if ch.source != ChannelSource::Api {
+            return Err(ApiError::Conflict(crate::channels::owned_by(&ch)));
+        }
+    }
     if state
         .store
-        .delete_channel(user.as_str(), channel.as_str())
+        .delete_channel_of(user.as_str(), channel.as_str(), Some(ChannelSource::Api))
         .await?
     {
         state.channels_changed().await;

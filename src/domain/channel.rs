@@ -54,6 +54,33 @@ pub struct RouteTiming {
     pub repeat_interval: Option<String>,
 }
 
+/// Who owns a channel: the admin API, or Consul KV (mirrored by the watch and
+/// `import consul-export`; the API does not change such a channel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelSource {
+    #[default]
+    Api,
+    Consul,
+}
+
+impl ChannelSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelSource::Api => "api",
+            ChannelSource::Consul => "consul",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "api" => Some(ChannelSource::Api),
+            "consul" => Some(ChannelSource::Consul),
+            _ => None,
+        }
+    }
+}
+
 /// A channel, parsed: what the store keeps and returns, ready to route,
 /// render and send.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +92,7 @@ pub struct Channel {
     pub send_resolved: bool,
     pub enabled: bool,
     pub timing: RouteTiming,
+    pub source: ChannelSource,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -128,6 +156,7 @@ impl Channel {
                 group_interval: spec.group_interval,
                 repeat_interval: spec.repeat_interval,
             },
+            source: ChannelSource::Api,
             created_at: 0,
             updated_at: 0,
         })

@@ -11,7 +11,7 @@ pub mod secret;
 pub mod settings;
 
 pub use alert::{Alert, AlertStatus, WebhookPayload};
-pub use channel::{Channel, ChannelSpec, RouteTiming};
+pub use channel::{Channel, ChannelSource, ChannelSpec, RouteTiming};
 pub use ids::{ChannelId, UserId, UNATTRIBUTED};
 pub use integration::IntegrationKind;
 pub use matcher::{Matcher, Matchers};

@@ -2,3 +2,4 @@
 //! imported channel is saved through [`crate::channels::save`], as `PUT` saves it.
 
 pub mod consul;
+pub mod watch;

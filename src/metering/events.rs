@@ -72,6 +72,37 @@ impl RenderResult {
     }
 }
 
+/// The `result` of one Consul sync (`notimeter_consul_sync_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsulSyncResult {
+    /// Channels were created, changed or deleted.
+    Applied,
+    /// Consul describes the channels as they are stored.
+    Unchanged,
+    /// The deletion guard refused the sync; nothing changed.
+    Refused,
+    /// Consul could not be read (or the store written); nothing changed.
+    Error,
+}
+
+impl ConsulSyncResult {
+    pub const ALL: [ConsulSyncResult; 4] = [
+        ConsulSyncResult::Applied,
+        ConsulSyncResult::Unchanged,
+        ConsulSyncResult::Refused,
+        ConsulSyncResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsulSyncResult::Applied => "applied",
+            ConsulSyncResult::Unchanged => "unchanged",
+            ConsulSyncResult::Refused => "refused",
+            ConsulSyncResult::Error => "error",
+        }
+    }
+}
+
 /// The `result` of a billing period close (`notimeter_ledger_closes_total`).
 #[derive(Clone, Copy)]
 enum CloseResult {
@@ -247,6 +278,33 @@ impl Metrics {
         self.ledger_closes
             .with_label_values(&[CloseResult::Error.as_str()])
             .inc();
+    }
+
+    // Consul.
+
+    /// The watch started: every result's series exists from the first scrape.
+    pub fn consul_watch_started(&self) {
+        for result in ConsulSyncResult::ALL {
+            self.consul_syncs.with_label_values(&[result.as_str()]);
+        }
+    }
+
+    /// One sync ended; `channels`: the Consul channels stored after it
+    /// (unknown after an error), `at`: now, in milliseconds.
+    pub fn consul_synced(&self, result: ConsulSyncResult, channels: Option<usize>, at: i64) {
+        debug!(target: "notimeter::consul", result = result.as_str(), "consul sync finished");
+        self.consul_syncs
+            .with_label_values(&[result.as_str()])
+            .inc();
+        if matches!(
+            result,
+            ConsulSyncResult::Applied | ConsulSyncResult::Unchanged
+        ) {
+            self.consul_last_sync.set(at as f64 / 1000.0);
+        }
+        if let Some(n) = channels {
+            self.consul_channels.set(n as i64);
+        }
     }
 
     // Render.

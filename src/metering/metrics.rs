@@ -36,6 +36,9 @@ pub struct Metrics {
     pub(super) reload_total: IntCounterVec,
     pub(super) render_channels: IntGauge,
     pub(super) render_skipped: IntGauge,
+    pub(super) consul_syncs: IntCounterVec,
+    pub(super) consul_last_sync: prometheus::Gauge,
+    pub(super) consul_channels: IntGauge,
     outbox_pending: IntGauge,
     store_up: IntGauge,
     period_start: prometheus::Gauge,
@@ -131,6 +134,25 @@ impl Metrics {
                 &r,
                 "notimeter_render_skipped_channels",
                 "Channels left out of the last render because they cannot be rendered (see the log).",
+            ),
+            consul_syncs: counters(
+                &r,
+                "notimeter_consul_sync_total",
+                "Reads of Consul KV mirrored into channels, by result (applied, unchanged, refused: the \
+                 deletion guard, error).",
+                &["result"],
+            ),
+            consul_last_sync: register(
+                &r,
+                prometheus::Gauge::new(
+                    "notimeter_consul_last_sync_timestamp_seconds",
+                    "When Consul KV was last read and mirrored (applied or unchanged), in seconds since the Unix epoch.",
+                ),
+            ),
+            consul_channels: gauge(
+                &r,
+                "notimeter_consul_channels",
+                "Channels mirrored from Consul KV, after the last sync.",
             ),
             period_start: register(
                 &r,

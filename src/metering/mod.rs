@@ -4,5 +4,5 @@
 pub mod events;
 pub mod metrics;
 
-pub use events::{Final, RenderResult};
+pub use events::{ConsulSyncResult, Final, RenderResult};
 pub use metrics::Metrics;

@@ -5,13 +5,13 @@
 use super::outbox::lock_groups;
 use super::{on, ChannelChange, ChannelList, CorruptChannel, Result, Store, StoreError, Tx};
 use crate::clock::Millis;
-use crate::domain::{Channel, ChannelId, ChannelSpec, UserId};
+use crate::domain::{Channel, ChannelId, ChannelSource, ChannelSpec, UserId};
 
 /// Selects every column of [`ChannelRow`] from `channels`.
 macro_rules! select_channels {
     ($rest:literal) => {
         concat!(
-            "SELECT user_id, channel_id, integration, enabled, spec, created_at, updated_at \
+            "SELECT user_id, channel_id, integration, enabled, spec, source, created_at, updated_at \
              FROM channels ",
             $rest
         )
@@ -26,6 +26,7 @@ struct ChannelRow {
     integration: String,
     enabled: bool,
     spec: String,
+    source: String,
     created_at: Millis,
     updated_at: Millis,
 }
@@ -48,6 +49,8 @@ impl ChannelRow {
             )));
         }
         channel.enabled = self.enabled;
+        channel.source = ChannelSource::parse(&self.source)
+            .ok_or_else(|| corrupt(format!("unknown source {:?}", self.source)))?;
         channel.created_at = self.created_at;
         channel.updated_at = self.updated_at;
         Ok(channel)
@@ -95,16 +98,18 @@ impl Store {
         .is_some());
         on!(tx.conn(), |c| {
             sqlx::query(
-                "INSERT INTO channels (user_id, channel_id, integration, enabled, spec, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6) \
+                "INSERT INTO channels (user_id, channel_id, integration, enabled, spec, source, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
                  ON CONFLICT (user_id, channel_id) DO UPDATE SET integration = excluded.integration, \
-                   enabled = excluded.enabled, spec = excluded.spec, updated_at = excluded.updated_at",
+                   enabled = excluded.enabled, spec = excluded.spec, source = excluded.source, \
+                   updated_at = excluded.updated_at",
             )
             .bind(ch.user_id.as_str())
             .bind(ch.channel_id.as_str())
             .bind(ch.kind().as_str())
             .bind(ch.enabled)
             .bind(ch.stored_spec())
+            .bind(ch.source.as_str())
             .bind(ch.updated_at)
             .execute(c)
             .await?;
@@ -126,15 +131,29 @@ impl Store {
     }
 
     pub async fn delete_channel(&self, user_id: &str, channel_id: &str) -> Result<bool> {
+        self.delete_channel_of(user_id, channel_id, None).await
+    }
+
+    /// Deletes a channel if it is `source`'s (any channel when `None`);
+    /// returns whether one was deleted.
+    pub async fn delete_channel_of(
+        &self,
+        user_id: &str,
+        channel_id: &str,
+        source: Option<ChannelSource>,
+    ) -> Result<bool> {
         let (user_id, channel_id) = (user_id.to_owned(), channel_id.to_owned());
+        let source = source.map(ChannelSource::as_str);
         self.detached(move |store| async move {
             let mut tx = store.write_tx().await?;
             let now = store.clock.now_ms();
             let deleted = on!(tx.conn(), |c| sqlx::query(
-                "DELETE FROM channels WHERE user_id = $1 AND channel_id = $2"
+                "DELETE FROM channels WHERE user_id = $1 AND channel_id = $2 \
+                 AND ($3 IS NULL OR source = $3)"
             )
             .bind(&user_id)
             .bind(&channel_id)
+            .bind(source)
             .execute(c)
             .await?
             .rows_affected());
@@ -240,6 +259,30 @@ impl Store {
         .fetch_all(c)
         .await?);
         Ok(decode_all(rows))
+    }
+
+    /// Every channel of `source`, sorted by user_id then channel_id, and
+    /// those that no longer parse.
+    pub async fn channels_of(&self, source: ChannelSource) -> Result<ChannelList> {
+        let rows: Vec<ChannelRow> = on!(self.reader(), |c| sqlx::query_as(select_channels!(
+            "WHERE source = $1 ORDER BY user_id, channel_id"
+        ))
+        .bind(source.as_str())
+        .fetch_all(c)
+        .await?);
+        Ok(decode_list(rows))
+    }
+
+    /// Every channel's (user_id, channel_id) and source.
+    pub async fn channel_sources(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), String>> {
+        let rows: Vec<(String, String, String)> = on!(self.reader(), |c| sqlx::query_as(
+            "SELECT user_id, channel_id, source FROM channels"
+        )
+        .fetch_all(c)
+        .await?);
+        Ok(rows.into_iter().map(|(u, c, s)| ((u, c), s)).collect())
     }
 
     /// Every enabled channel, sorted by user_id then channel_id, and those

@@ -10,6 +10,7 @@ mod alertmanager;
 mod cancel;
 mod channels;
 mod connections;
+mod consul;
 mod delivery;
 mod deploy;
 mod group_commit;

@@ -448,10 +448,12 @@ async fn consul_import_creates_the_expected_channels_and_reports_the_bad_one() {
             String::from_utf8_lossy(&out.stderr)
         );
         let said = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            said.contains("4 channel(s) imported, 3 skipped"),
-            "run {run}: {said}"
-        );
+        let expected = if run == 0 {
+            "4 channel(s) imported, 0 unchanged, 0 deleted, 3 skipped"
+        } else {
+            "0 channel(s) imported, 4 unchanged, 0 deleted, 3 skipped"
+        };
+        assert!(said.contains(expected), "run {run}: {said}");
         assert!(
             said.contains("users/u2/alarms/webhook/3: settings: missing field `url`")
                 || said.contains("users/u2/alarms/webhook/3: missing field \"url\""),
@@ -496,7 +498,7 @@ async fn consul_import_creates_the_expected_channels_and_reports_the_bad_one() {
         &["import", "consul-export", "--from-consul", &consul.url("")],
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("4 channel(s) imported"),
+        String::from_utf8_lossy(&out.stdout).contains("0 channel(s) imported, 4 unchanged"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -509,7 +511,8 @@ async fn consul_import_creates_the_expected_channels_and_reports_the_bad_one() {
         &["import", "consul-export", "--from-consul", &empty.url("")],
     );
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 channel(s) imported, 0 skipped"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("0 channel(s) imported, 0 unchanged, 0 deleted, 0 skipped"));
     app.stop().await;
 }
 
