@@ -11,6 +11,7 @@ use tower_http::trace::TraceLayer;
 
 use super::{access, channels, health, ledger as ledger_api, page, usage};
 use crate::auth::Role;
+use crate::error::ApiError;
 use crate::server::{self, BodyTimedOut};
 use crate::state::AppState;
 
@@ -88,12 +89,25 @@ pub fn router(state: AppState) -> Router {
             Role::Metrics,
         ))
         .merge(open)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(
             settings.body_read_timeout,
             server::body_deadline,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every 4xx is JSON, unknown routes included.
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", uri.path()))
+}
+
+/// A route asked with a method it does not take: 405, with `Allow` (added by
+/// the router) and a JSON body.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
 }
 
 /// Counts every answer to the webhook route by status code, refusals by the

@@ -13,6 +13,7 @@ mod connections;
 mod consul;
 mod delivery;
 mod deploy;
+mod errors;
 mod group_commit;
 mod guard;
 mod ingest;
