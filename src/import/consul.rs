@@ -88,6 +88,8 @@ pub struct Report {
     pub skipped: Vec<(String, String)>,
     /// Why nothing was changed (the deletion guard), if so.
     pub refused: Option<String>,
+    /// Consul channels stored after the sync.
+    pub consul_channels: usize,
 }
 
 impl Report {
@@ -240,6 +242,7 @@ pub async fn sync(
         stored.insert((bad.user_id.clone(), bad.channel_id.clone()), String::new());
     }
     let consul_count = stored.len();
+    report.consul_channels = consul_count;
     // What changes, decided before anything is written.
     let mut wanted = BTreeSet::new();
     let mut changes = Vec::new();
@@ -289,10 +292,13 @@ pub async fn sync(
             settings.consul.prefix, channel.user_id, channel.channel_id
         );
         match crate::channels::save(store, &registry, settings, clock, channel).await {
-            Ok(saved) => report.imported.push((
-                saved.channel.user_id.to_string(),
-                saved.channel.channel_id.to_string(),
-            )),
+            Ok(saved) => {
+                report.consul_channels += usize::from(saved.created);
+                report.imported.push((
+                    saved.channel.user_id.to_string(),
+                    saved.channel.channel_id.to_string(),
+                ))
+            }
             Err(SaveError::Invalid(why) | SaveError::Owned(why)) => {
                 report.skipped.push((name, why))
             }
@@ -304,6 +310,7 @@ pub async fn sync(
             .delete_channel_of(&user, &channel, Some(ChannelSource::Consul))
             .await?
         {
+            report.consul_channels -= 1;
             report.deleted.push((user, channel));
         }
     }

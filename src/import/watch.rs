@@ -93,12 +93,8 @@ async fn once(state: &AppState, consul: &ConsulSettings, cursor: &mut Cursor, re
     }
     cursor.backoff = Duration::ZERO;
     let now = state.clock.now_ms();
-    let count = state
-        .store
-        .channels_of(crate::domain::ChannelSource::Consul)
-        .await
-        .ok()
-        .map(|l| l.channels.len() + l.corrupt.len());
+    // Counted by the sync from what it read and wrote: no second read.
+    let count = Some(report.consul_channels);
     if let Some(why) = &report.refused {
         tracing::error!(reason = %why, "a Consul answer was refused; the channels stay as they are");
         state
