@@ -198,6 +198,7 @@ impl Application {
         let renders = tokio::spawn(run_renderer(state.clone(), shutdown.clone()));
         let routes = tokio::spawn(state.routes.clone().follow(shutdown.clone()));
         let consul = tokio::spawn(crate::import::watch::run(state.clone(), shutdown.clone()));
+        let reconcile = tokio::spawn(crate::reconcile::run(state.clone(), shutdown.clone()));
         let retention = tokio::spawn(scheduler::run_retention(
             state.ledger.clone(),
             shutdown.clone(),
@@ -231,6 +232,13 @@ impl Application {
             },
         };
         let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if !settings.reconcile.alertmanager_urls.is_empty() {
+            // The requests answered since the last round, now that no more come.
+            let last = crate::reconcile::store_received(&state);
+            if let Ok(Err(e)) = tokio::time::timeout(crate::reconcile::FINAL_STORE, last).await {
+                warn!(error = ?e, "storing the reconciliation's last count failed");
+            }
+        }
         wind_down(
             [
                 pruner,
@@ -239,6 +247,7 @@ impl Application {
                 retention,
                 routes,
                 consul,
+                reconcile,
                 dispatch_task,
             ],
             &state.store,
@@ -255,7 +264,7 @@ impl Application {
 /// `shutdown_timeout`: what has not finished by then is left to its lease,
 /// which expires and hands the message to another worker.
 async fn wind_down(
-    mut tasks: [tokio::task::JoinHandle<()>; 7],
+    mut tasks: [tokio::task::JoinHandle<()>; 8],
     store: &Store,
     deadline: tokio::time::Instant,
     shutdown_timeout: Duration,

@@ -98,6 +98,7 @@ pub struct Settings {
     pub render: RenderSettings,
     pub page: PageSettings,
     pub consul: ConsulSettings,
+    pub reconcile: ReconcileSettings,
 }
 
 impl Default for Settings {
@@ -135,6 +136,7 @@ impl Default for Settings {
             render: RenderSettings::default(),
             page: PageSettings::default(),
             consul: ConsulSettings::default(),
+            reconcile: ReconcileSettings::default(),
         }
     }
 }
@@ -502,6 +504,58 @@ impl ConsulSettings {
     }
 }
 
+/// Reconciliation with Alertmanager: what the Alertmanagers say they sent to
+/// webhooks, compared with what notimeter received (see `reconcile.rs`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSettings {
+    /// Each Alertmanager's base URL (its `/metrics` is scraped), e.g. every
+    /// member of an HA cluster. Empty: no reconciliation.
+    pub alertmanager_urls: Vec<String>,
+    /// How often they are scraped (and notimeter's own count is stored).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one scrape may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            alertmanager_urls: Vec::new(),
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ReconcileSettings {
+    fn validate(&self) -> Result<(), String> {
+        for u in &self.alertmanager_urls {
+            let scheme = url::Url::parse(u).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(format!(
+                    "reconcile.alertmanager_urls: {u:?} is not a URL such as http://alertmanager:9093"
+                ));
+            }
+        }
+        let mut unique = self.alertmanager_urls.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != self.alertmanager_urls.len() {
+            return Err("reconcile.alertmanager_urls names an Alertmanager twice".into());
+        }
+        if self.interval < Duration::from_millis(100) || self.timeout.is_zero() {
+            return Err(
+                "reconcile.interval must be at least 100ms and reconcile.timeout longer than 0s"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RenderMode {
@@ -652,6 +706,7 @@ impl Settings {
                 self.consul.prefix
             ));
         }
+        self.reconcile.validate()?;
         if self.retention.interval.is_zero() {
             return Err("retention.interval must be longer than 0s".into());
         }

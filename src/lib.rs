@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod metering;
 pub mod outbound;
+pub mod reconcile;
 pub mod render;
 pub mod routing;
 pub mod server;

@@ -392,6 +392,25 @@ pub fn operator_client(timeout: std::time::Duration) -> reqwest::Client {
         .expect("the HTTP client builds, as reqwest::Client::new() would")
 }
 
+/// The samples of a Prometheus exporter's `/metrics` under `base` (an
+/// Alertmanager's URL, say), through an [`operator_client`].
+pub async fn scrape_metrics(
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<prometheus_parse::Scrape, String> {
+    let response = http
+        .get(format!("{}/metrics", base.trim_end_matches('/')))
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("/metrics answered {}", response.status()));
+    }
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

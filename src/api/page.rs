@@ -49,6 +49,11 @@ pub async fn index(
     let periods = state.store.list_periods().await?;
     let today = state.clock.now_ms();
     let daily = state.store.daily_counts(today - 30 * 86_400_000).await?;
+    let reconciliation = if state.settings.reconcile.alertmanager_urls.is_empty() {
+        None
+    } else {
+        Some(state.store.reconciliation().await?)
+    };
     let html = page::index(&page::PageData {
         open: &open,
         rows: &rows,
@@ -56,6 +61,7 @@ pub async fn index(
         periods: &periods,
         daily: &daily,
         today,
+        reconciliation: reconciliation.as_ref().map(Option::as_ref),
     });
     Ok(Html(html).into_response())
 }

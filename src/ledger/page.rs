@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use super::csv::Pricing;
 use crate::clock::{rfc3339, Millis};
 use crate::html::html_escape as e;
-use crate::store::{Period, UsageRow};
+use crate::store::{Period, Reconciliation, UsageRow};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}\
 table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}\
@@ -126,6 +126,9 @@ pub struct PageData<'a> {
     pub periods: &'a [Period],
     pub daily: &'a [(Millis, String, i64)],
     pub today: Millis,
+    /// Reconciliation with Alertmanager: None when not configured; Some(None)
+    /// before its count has begun.
+    pub reconciliation: Option<Option<&'a Reconciliation>>,
 }
 
 pub fn index(d: &PageData<'_>) -> String {
@@ -160,6 +163,9 @@ pub fn index(d: &PageData<'_>) -> String {
          <td class=\"n\">{failed}</td><td></td><td class=\"n\">{total}</td></tr></tfoot></table>\n",
         e(d.pricing.currency())
     ));
+    if let Some(count) = d.reconciliation {
+        body.push_str(&reconciliation(count));
+    }
     body.push_str("<h2>Messages per integration per day (last 30 days)</h2>\n");
     body.push_str(&chart(d.daily, d.today, 30));
     body.push_str(
@@ -180,6 +186,43 @@ pub fn index(d: &PageData<'_>) -> String {
     }
     body.push_str("</tbody></table>\n");
     layout("notimeter billing", &body)
+}
+
+/// What the Alertmanagers sent against what notimeter received.
+fn reconciliation(count: Option<&Reconciliation>) -> String {
+    let mut out = String::from("<h2>Reconciliation with Alertmanager</h2>\n");
+    let Some(c) = count else {
+        out.push_str("<p class=\"muted\">Waiting for a first reading of every Alertmanager.</p>\n");
+        return out;
+    };
+    let drift = c.drift();
+    out.push_str(&format!(
+        "<p id=\"reconcile\">Since {}, the Alertmanagers sent <strong>{}</strong> webhook requests and notimeter \
+         received <strong>{}</strong>: <strong id=\"reconcile-drift\">{drift} requests lost</strong>{}.</p>\n",
+        rfc3339(c.since),
+        c.sent(),
+        c.received,
+        if drift > 0 {
+            " on the way (Alertmanager retries them: alerts may have reached users late, or not at all)"
+        } else {
+            ""
+        }
+    ));
+    out.push_str(
+        "<table id=\"alertmanagers\"><thead><tr><th>Alertmanager</th><th>requests</th><th>failed</th>\
+         <th>last read</th></tr></thead><tbody>\n",
+    );
+    for am in &c.alertmanagers {
+        out.push_str(&format!(
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
+            e(&am.url),
+            am.requests,
+            am.failed,
+            rfc3339(am.scraped_at)
+        ));
+    }
+    out.push_str("</tbody></table>\n");
+    out
 }
 
 #[cfg(test)]

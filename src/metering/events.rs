@@ -6,6 +6,7 @@
 //! Label values stay bounded: `user_id` through the `max_user_series` cap,
 //! the other labels from fixed sets (the domain's enums, status codes).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -21,6 +22,7 @@ const INGEST: &str = "notimeter::ingest";
 const DISPATCH: &str = "notimeter::dispatch::worker";
 const LEDGER: &str = "notimeter::ledger";
 const RENDER: &str = "notimeter::render::publish";
+const RECONCILE: &str = "notimeter::reconcile";
 
 /// The `outcome` of a message that was sent or tried: what bills. A message
 /// superseded before it was sent is final too; it has events of its own.
@@ -148,6 +150,7 @@ impl Metrics {
         self.webhook_requests
             .with_label_values(&[status.as_str()])
             .inc();
+        self.received_unstored.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `alerts` alerts of one stored notification attributed to `user_id`.
@@ -305,6 +308,57 @@ impl Metrics {
         if let Some(n) = channels {
             self.consul_channels.set(n as i64);
         }
+    }
+
+    // Reconciliation.
+
+    /// Takes the webhook requests answered since the last call (to add to
+    /// the stored count).
+    pub fn take_received(&self) -> i64 {
+        self.received_unstored.swap(0, Ordering::Relaxed)
+    }
+
+    /// Gives back requests taken by [`Metrics::take_received`] that could
+    /// not be stored, to be added next time.
+    pub fn untake_received(&self, n: i64) {
+        self.received_unstored.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reconciliation with `alertmanager` starts: its scrape counters from zero.
+    pub fn reconcile_started(&self, alertmanager: &str) {
+        for result in ["success", "error"] {
+            self.reconcile_scrapes
+                .with_label_values(&[alertmanager, result]);
+        }
+    }
+
+    /// One scrape of an Alertmanager's `/metrics`: failed with `error`, or not.
+    pub fn reconcile_scraped(&self, alertmanager: &str, error: Option<&anyhow::Error>) {
+        let result = match error {
+            None => "success",
+            Some(e) => {
+                warn!(target: RECONCILE, alertmanager, error = ?e, "scraping Alertmanager for reconciliation failed");
+                "error"
+            }
+        };
+        self.reconcile_scrapes
+            .with_label_values(&[alertmanager, result])
+            .inc();
+    }
+
+    /// The count as it stands after a round.
+    pub fn reconciled(&self, count: &crate::store::Reconciliation) {
+        for am in &count.alertmanagers {
+            self.reconcile_alertmanager
+                .with_label_values(&[am.url.as_str()])
+                .set(am.requests);
+        }
+        self.reconcile_received.set(count.received);
+        let drift = count.drift();
+        if drift != self.reconcile_drift.get() {
+            info!(target: RECONCILE, sent = count.sent(), received = count.received, drift, "reconciliation with Alertmanager changed");
+        }
+        self.reconcile_drift.set(drift);
     }
 
     // Render.

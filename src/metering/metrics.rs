@@ -5,6 +5,7 @@
 //! store-derived gauges keep their last reading and `notimeter_store_up` is 0.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicI64;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,13 @@ pub struct Metrics {
     pub(super) consul_syncs: IntCounterVec,
     pub(super) consul_last_sync: prometheus::Gauge,
     pub(super) consul_channels: IntGauge,
+    pub(super) reconcile_scrapes: IntCounterVec,
+    pub(super) reconcile_alertmanager: IntGaugeVec,
+    pub(super) reconcile_received: IntGauge,
+    pub(super) reconcile_drift: IntGauge,
+    /// Webhook requests answered and not yet added to the stored count (see
+    /// `crate::reconcile`).
+    pub(super) received_unstored: AtomicI64,
     outbox_pending: IntGauge,
     store_up: IntGauge,
     period_start: prometheus::Gauge,
@@ -154,6 +162,35 @@ impl Metrics {
                 "notimeter_consul_channels",
                 "Channels mirrored from Consul KV, after the last sync.",
             ),
+            reconcile_scrapes: counters(
+                &r,
+                "notimeter_reconcile_scrapes_total",
+                "Scrapes of the Alertmanagers' /metrics for reconciliation, by Alertmanager and result \
+                 (success, error).",
+                &["alertmanager", "result"],
+            ),
+            reconcile_alertmanager: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "notimeter_reconcile_alertmanager_requests",
+                        "Webhook requests an Alertmanager says it sent since the reconciliation began.",
+                    ),
+                    &["alertmanager"],
+                ),
+            ),
+            reconcile_received: gauge(
+                &r,
+                "notimeter_reconcile_received_requests",
+                "Webhook requests notimeter received (all replicas) since the reconciliation began.",
+            ),
+            reconcile_drift: gauge(
+                &r,
+                "notimeter_reconcile_drift_requests",
+                "Webhook requests the Alertmanagers sent minus those notimeter received, since the \
+                 reconciliation began: requests lost on the way (notimeter down, network).",
+            ),
+            received_unstored: AtomicI64::new(0),
             period_start: register(
                 &r,
                 prometheus::Gauge::new(

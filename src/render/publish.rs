@@ -176,16 +176,7 @@ pub fn last_good_path(output: &Path) -> PathBuf {
 }
 
 async fn am_metrics(http: &reqwest::Client, url: &str) -> Result<(f64, f64), String> {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .map_err(|e| e.without_url().to_string())?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .map_err(|e| e.to_string())?;
+    let scrape = crate::outbound::scrape_metrics(http, url).await?;
     let value = |name: &str| {
         scrape
             .samples

@@ -19,6 +19,7 @@ mod group;
 mod ledger;
 mod outbox;
 mod postgres;
+mod reconcile;
 mod records;
 mod sessions;
 mod sqlite;
@@ -30,6 +31,7 @@ use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, Transaction};
 
 use crate::clock::Clock;
 
+pub use reconcile::{url_set, AlertmanagerCount, AlertmanagerReading, Reconciliation};
 pub use records::{
     AttemptRecord, ChannelChange, ChannelList, ClaimedMessage, CorruptChannel, Enqueued, Freeze,
     IngestBatch, ItemRow, NewMessage, NewSession, Outcome, Period, Recorded, Superseded,

@@ -220,4 +220,54 @@ async fn clients_hanging_up_do_not_wedge_the_store(backend: Backend) {
 on_both_backends!(
     enqueue_dropped_at_every_await_point,
     clients_hanging_up_do_not_wedge_the_store,
+    reconciliation_begin_dropped_at_every_await_point,
 );
+
+/// Begins the reconciliation's count, dropping the call after 0, 1, 2, …
+/// polls: each time the count is either wholly begun (the row and one row
+/// per Alertmanager) or not at all, and the store takes the next call.
+async fn reconciliation_begin_dropped_at_every_await_point(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+    for polls in 0.. {
+        // A set of its own each time, so that each begin replaces the last.
+        let readings: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|am| store::AlertmanagerReading {
+                url: format!("http://{am}{polls}"),
+                start_time: 1,
+                requests: 10,
+                failed: 1,
+            })
+            .collect();
+        let fut = store.begin_reconciliation(readings, now_ms());
+        let done = DropAfter {
+            inner: Box::pin(fut),
+            polls,
+        }
+        .await;
+        // A dropped write still runs to its end: wait for it to settle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(count) = store.reconciliation().await.unwrap() {
+            assert_eq!(
+                count.alertmanagers.len(),
+                2,
+                "a count begun whole: {count:?}"
+            );
+            assert!(count
+                .urls
+                .lines()
+                .all(|u| count.alertmanagers.iter().any(|a| a.url == u)));
+        }
+        if let Some(begun) = done {
+            assert!(begun.unwrap());
+            let count = store.reconciliation().await.unwrap().unwrap();
+            assert!(count.urls.ends_with(&format!("b{polls}")));
+            break;
+        }
+    }
+    store.add_received(3).await.unwrap();
+    assert_eq!(store.reconciliation().await.unwrap().unwrap().received, 3);
+}

@@ -680,6 +680,90 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Alertmanager (Debian's prometheus-alertmanager, 0.25 here), killed
+/// when dropped.
+pub struct Alertmanager {
+    pub url: String,
+    /// Its cluster (gossip) address, when clustered.
+    pub cluster: Option<String>,
+    _child: KillOnDrop,
+}
+
+impl Alertmanager {
+    /// Starts one on `port` with `config`, keeping its state in `data`; in
+    /// a cluster with `peers` when `cluster` is set (a quick peer timeout,
+    /// so that a pair dedupes within seconds).
+    pub fn start(
+        config: &std::path::Path,
+        data: &std::path::Path,
+        port: u16,
+        cluster: Option<&[String]>,
+    ) -> Self {
+        require("prometheus-alertmanager", "prometheus-alertmanager");
+        let mut cmd = std::process::Command::new("prometheus-alertmanager");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", data.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let address = cluster.map(|peers| {
+            let address = format!("127.0.0.1:{}", free_port());
+            cmd.arg(format!("--cluster.listen-address={address}"))
+                .arg(format!("--cluster.advertise-address={address}"))
+                .arg("--cluster.peer-timeout=1s")
+                .arg("--cluster.gossip-interval=50ms")
+                .arg("--cluster.pushpull-interval=1s");
+            for p in peers {
+                cmd.arg(format!("--cluster.peer={p}"));
+            }
+            address
+        });
+        if address.is_none() {
+            cmd.arg("--cluster.listen-address=");
+        }
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            cluster: address,
+            _child: KillOnDrop(cmd.spawn().expect("start prometheus-alertmanager")),
+        }
+    }
+
+    pub async fn ready(&self) {
+        wait_for_ok("alertmanager to be ready", &format!("{}/-/ready", self.url)).await;
+    }
+
+    /// Posts alerts to its API, as Prometheus does.
+    pub async fn post_alerts(&self, alerts: &Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v2/alerts", self.url))
+            .json(alerts)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    /// Its `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 /// A real SMTP server (tests/smtp_server.py on aiosmtpd). Starting one fails
 /// the test when Debian's python3-aiosmtpd is not installed: the tests that
 /// use it are `#[ignore]`d, "needs … aiosmtpd".

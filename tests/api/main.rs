@@ -27,5 +27,6 @@ mod metering;
 mod order;
 mod outage;
 mod page;
+mod reconcile;
 mod render;
 mod routing;
