@@ -293,6 +293,36 @@ pub struct BillingSettings {
     /// Per-user overrides of `prices`, by user_id then integration.
     #[serde(deserialize_with = "by_integration::deserialize_per_user")]
     pub user_prices: BTreeMap<String, BTreeMap<IntegrationKind, Decimal>>,
+    /// What an SMS bills: its segments (as gateways charge) or one message.
+    pub sms_unit: SmsUnit,
+}
+
+/// What one SMS bills (DESIGN.md "Billing units").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsUnit {
+    /// The segments it was sent in (a long or non-GSM text takes several).
+    #[default]
+    Segment,
+    /// One message, whatever its length.
+    Message,
+}
+
+impl SmsUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmsUnit::Segment => "segment",
+            SmsUnit::Message => "message",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "segment" => Some(SmsUnit::Segment),
+            "message" => Some(SmsUnit::Message),
+            _ => None,
+        }
+    }
 }
 
 impl Default for BillingSettings {
@@ -306,6 +336,7 @@ impl Default for BillingSettings {
             bill_failed: false,
             prices: BTreeMap::new(),
             user_prices: BTreeMap::new(),
+            sms_unit: SmsUnit::Segment,
         }
     }
 }

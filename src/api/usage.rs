@@ -9,19 +9,24 @@ use serde_json::{json, Value};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::ledger::csv::Pricing;
+use crate::ledger::money::round_total;
 use crate::state::AppState;
 
 pub async fn usage(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let period = state.store.open_period().await?;
     let rows = state.store.usage(&period.id).await?;
     let pricing = Pricing::of(&period, &state.settings.billing);
+    let mut total = rust_decimal::Decimal::ZERO;
     let usage: Vec<Value> = rows
         .iter()
         .map(|r| {
             let (unit, amount) = pricing.price(r);
+            total += amount;
             json!({
                 "user_id": r.user_id, "integration": r.integration,
                 "delivered": r.delivered, "failed": r.failed,
+                "segments": r.delivered_segments + r.failed_segments,
+                "units": pricing.units(r),
                 "unit_price": unit.to_string(), "amount": amount.to_string(),
             })
         })
@@ -30,6 +35,7 @@ pub async fn usage(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         "period_id": period.id,
         "period_start": rfc3339(period.start_at),
         "currency": pricing.currency(),
+        "total": round_total(total, pricing.currency()).to_string(),
         "usage": usage,
     })))
 }

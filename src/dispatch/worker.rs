@@ -522,6 +522,11 @@ impl Dispatcher {
             outcome,
             accepted_to_final,
         );
+        if let (crate::domain::IntegrationKind::Sms, Final::Delivered, Some(segments)) =
+            (r.integration, outcome, r.segments)
+        {
+            self.metrics.sms_sent(&r.user_id, segments);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! frozen at close, immutable CSV reports, the close schedule and retention.
 
 pub mod csv;
+pub mod money;
 pub mod page;
 pub mod scheduler;
 
@@ -69,6 +70,7 @@ impl Ledger {
         Freeze {
             currency: b.currency.clone(),
             bill_failed: b.bill_failed,
+            sms_unit: b.sms_unit,
             prices: IntegrationKind::ALL
                 .into_iter()
                 .map(|i| {

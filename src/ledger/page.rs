@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use super::csv::Pricing;
+use super::money::round_total;
 use crate::clock::{rfc3339, Millis};
 use crate::html::html_escape as e;
 use crate::store::{Period, Reconciliation, UsageRow};
@@ -142,16 +143,19 @@ pub fn index(d: &PageData<'_>) -> String {
     );
     body.push_str(
         "<table id=\"open-usage\"><thead><tr><th>user_id</th><th>integration</th><th>delivered</th><th>failed</th>\
-         <th>unit price</th><th>amount</th></tr></thead><tbody>\n",
+         <th>units</th><th>unit price</th><th>amount</th></tr></thead><tbody>\n",
     );
-    let (mut delivered, mut failed, mut total) = (0i64, 0i64, Decimal::ZERO);
+    let (mut delivered, mut failed, mut units, mut total) = (0i64, 0i64, 0i64, Decimal::ZERO);
     for r in d.rows {
         let (unit, amount) = d.pricing.price(r);
+        let row_units = d.pricing.units(r);
         delivered += r.delivered;
         failed += r.failed;
+        units += row_units;
         total += amount;
         body.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{unit}</td><td class=\"n\">{amount}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{row_units}</td>\
+             <td class=\"n\">{unit}</td><td class=\"n\">{amount}</td></tr>\n",
             e(&r.user_id),
             e(r.integration.as_str()),
             r.delivered,
@@ -159,9 +163,10 @@ pub fn index(d: &PageData<'_>) -> String {
         ));
     }
     body.push_str(&format!(
-        "</tbody><tfoot><tr id=\"totals\"><td colspan=\"2\">Total ({})</td><td class=\"n\">{delivered}</td>\
-         <td class=\"n\">{failed}</td><td></td><td class=\"n\">{total}</td></tr></tfoot></table>\n",
-        e(d.pricing.currency())
+        "</tbody><tfoot><tr id=\"totals\"><td colspan=\"2\">Total ({currency})</td><td class=\"n\">{delivered}</td>\
+         <td class=\"n\">{failed}</td><td class=\"n\">{units}</td><td></td><td class=\"n\">{total} {currency}</td></tr></tfoot></table>\n",
+        currency = e(d.pricing.currency()),
+        total = round_total(total, d.pricing.currency()),
     ));
     if let Some(count) = d.reconciliation {
         body.push_str(&reconciliation(count));

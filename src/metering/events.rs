@@ -240,6 +240,15 @@ impl Metrics {
         );
     }
 
+    /// A delivered SMS, sent in `segments` segments.
+    pub fn sms_sent(&self, user_id: &str, segments: i64) {
+        trace!(target: DISPATCH, user_id = %user_id, segments, "sms segments counted");
+        let user = self.user_label(user_id);
+        self.sms_segments
+            .with_label_values(&[user])
+            .inc_by(segments.max(0) as u64);
+    }
+
     /// A message that would have waited (a retry, a hold, pacing) while a
     /// newer one of its group was queued: final as superseded, not billed.
     pub fn message_superseded(&self, message_id: i64, user_id: &str, integration: IntegrationKind) {

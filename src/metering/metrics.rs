@@ -31,6 +31,7 @@ pub struct Metrics {
     pub(super) delivery_latency: HistogramVec,
     pub(super) webhook_requests: IntCounterVec,
     pub(super) duplicates: IntCounter,
+    pub(super) sms_segments: IntCounterVec,
     pub(super) alerts_undeliverable: IntCounterVec,
     pub(super) ledger_closes: IntCounterVec,
     pub(super) render_total: IntCounterVec,
@@ -108,6 +109,12 @@ impl Metrics {
                 "notimeter_webhook_requests_total",
                 "Requests to the Alertmanager webhook, by HTTP status code.",
                 &["code"],
+            ),
+            sms_segments: counters(
+                &r,
+                "notimeter_sms_segments_total",
+                "SMS segments of delivered SMS, by user (what gateways charge).",
+                &["user_id"],
             ),
             alerts_undeliverable: counters(
                 &r,

@@ -25,7 +25,7 @@ pub(super) use open_period_sql;
 macro_rules! select_periods {
     ($rest:literal) => {
         concat!(
-            "SELECT id, user_id, start_at, end_at, closed_at, currency, bill_failed, report_sha256 \
+            "SELECT id, user_id, start_at, end_at, closed_at, currency, bill_failed, report_sha256, sms_unit \
              FROM periods ",
             $rest
         )
@@ -141,10 +141,13 @@ async fn freeze(tx: &mut Tx, period_id: &str, f: &Freeze) -> Result<()> {
 async fn move_late_outcomes(tx: &mut Tx, open: &str, next: &str, boundary: Millis) -> Result<()> {
     on!(tx.conn(), |c| {
         sqlx::query(
-            "INSERT INTO usage (period_id, user_id, integration, delivered, failed) \
+            "INSERT INTO usage (period_id, user_id, integration, delivered, failed, \
+               delivered_segments, failed_segments) \
              SELECT $1, user_id, integration, \
                     SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END), \
-                    SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) \
+                    SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END), \
+                    SUM(CASE WHEN state = 'delivered' THEN COALESCE(segments, 0) ELSE 0 END), \
+                    SUM(CASE WHEN state = 'failed' THEN COALESCE(segments, 0) ELSE 0 END) \
              FROM messages WHERE period_id = $2 AND final_at >= $3 AND state IN ('delivered', 'failed') \
              GROUP BY user_id, integration",
         )
@@ -157,10 +160,16 @@ async fn move_late_outcomes(tx: &mut Tx, open: &str, next: &str, boundary: Milli
     on!(tx.conn(), |c| {
         sqlx::query(
             "UPDATE usage SET delivered = usage.delivered - late.delivered, \
-               failed = usage.failed - late.failed \
+               failed = usage.failed - late.failed, \
+               delivered_segments = usage.delivered_segments - late.delivered_segments, \
+               failed_segments = usage.failed_segments - late.failed_segments \
              FROM (SELECT user_id, integration, \
                      SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
-                     SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed \
+                     SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed, \
+                     SUM(CASE WHEN state = 'delivered' THEN COALESCE(segments, 0) ELSE 0 END) \
+                       AS delivered_segments, \
+                     SUM(CASE WHEN state = 'failed' THEN COALESCE(segments, 0) ELSE 0 END) \
+                       AS failed_segments \
                    FROM messages WHERE period_id = $1 AND final_at >= $2 \
                    GROUP BY user_id, integration) AS late \
              WHERE usage.period_id = $1 AND usage.user_id = late.user_id \
@@ -195,6 +204,8 @@ struct StoredUsage {
     integration: IntegrationKind,
     delivered: i64,
     failed: i64,
+    delivered_segments: i64,
+    failed_segments: i64,
     unit_price: Option<String>,
 }
 
@@ -218,6 +229,8 @@ impl StoredUsage {
             integration: self.integration,
             delivered: self.delivered,
             failed: self.failed,
+            delivered_segments: self.delivered_segments,
+            failed_segments: self.failed_segments,
             unit_price,
         })
     }
@@ -287,7 +300,8 @@ impl Store {
         let next = period_id_for(boundary);
         on!(tx.conn(), |c| {
             sqlx::query(
-                "UPDATE periods SET end_at = $1, closed_at = $2, currency = $3, bill_failed = $4 \
+                "UPDATE periods SET end_at = $1, closed_at = $2, currency = $3, bill_failed = $4, \
+                   sms_unit = $6 \
                  WHERE id = $5 AND end_at IS NULL",
             )
             .bind(boundary)
@@ -295,6 +309,7 @@ impl Store {
             .bind(&f.currency)
             .bind(f.bill_failed)
             .bind(&open)
+            .bind(f.sms_unit.as_str())
             .execute(c)
             .await?;
         });
@@ -351,8 +366,9 @@ impl Store {
         let id = format!("{}-{user_id}", period_id_for(end));
         on!(tx.conn(), |c| {
             sqlx::query(
-                "INSERT INTO periods (id, user_id, start_at, end_at, closed_at, currency, bill_failed) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO periods (id, user_id, start_at, end_at, closed_at, currency, bill_failed, \
+                   sms_unit) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&id)
             .bind(user_id)
@@ -361,6 +377,7 @@ impl Store {
             .bind(now)
             .bind(&f.currency)
             .bind(f.bill_failed)
+            .bind(f.sms_unit.as_str())
             .execute(c)
             .await?;
         });
@@ -422,7 +439,8 @@ impl Store {
     /// [`StoreError::Corrupt`].
     pub fn usage_rows<'a>(&'a self, period_id: &'a str) -> BoxStream<'a, Result<UsageRow>> {
         on!(self.reader(), |c| sqlx::query_as::<_, StoredUsage>(
-            "SELECT user_id, integration, delivered, failed, unit_price FROM usage \
+            "SELECT user_id, integration, delivered, failed, delivered_segments, failed_segments, \
+               unit_price FROM usage \
              WHERE period_id = $1 ORDER BY user_id, integration",
         )
         .bind(period_id)

@@ -510,17 +510,17 @@ async fn finish_many(
     let (period_id, final_at) = period_now(tx, period).await?;
     let mut applied = std::collections::HashSet::new();
     for chunk in finals.chunks(ROWS_PER_STATEMENT) {
-        let n = chunk.len() * 5;
+        let n = chunk.len() * 6;
         let sql = format!(
             "UPDATE messages SET state = v.column2, attempts = v.column3, last_reason = v.column4, \
-               last_error = v.column5, final_at = ${}, period_id = ${}, paced = FALSE, \
-               lease_owner = NULL, lease_until = NULL \
+               last_error = v.column5, segments = v.column6, final_at = ${}, period_id = ${}, \
+               paced = FALSE, lease_owner = NULL, lease_until = NULL \
              FROM (VALUES {}) AS v \
              WHERE messages.id = v.column1 AND messages.state = 'pending' AND messages.lease_owner = ${} \
              RETURNING messages.id",
             n + 1,
             n + 2,
-            placeholders(chunk.len(), 5),
+            placeholders(chunk.len(), 6),
             n + 3
         );
         let ids: Vec<i64> = on!(tx.conn(), |c| {
@@ -536,7 +536,8 @@ async fn finish_many(
                     .bind(state.as_str())
                     .bind(attempts_made(r))
                     .bind(reason(r))
-                    .bind(&r.error);
+                    .bind(&r.error)
+                    .bind(r.segments);
             }
             q.bind(final_at)
                 .bind(&period_id)
@@ -590,34 +591,39 @@ async fn insert_attempts(tx: &mut Tx, records: &[&AttemptRecord]) -> Result<()> 
 /// (user, integration) and written in key order (so that two writers lock
 /// usage rows in one order).
 async fn count_usage_many(tx: &mut Tx, period_id: &str, records: &[&AttemptRecord]) -> Result<()> {
-    let mut sums: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
+    // (delivered, failed, delivered segments, failed segments)
+    let mut sums: std::collections::BTreeMap<(&str, &str), [i64; 4]> = Default::default();
     for r in records {
         let sum = sums
             .entry((r.user_id.as_str(), r.integration.as_str()))
             .or_default();
+        let segments = r.segments.unwrap_or(0);
         if r.outcome == Outcome::Delivered {
-            sum.0 += 1;
+            sum[0] += 1;
+            sum[2] += segments;
         } else {
-            sum.1 += 1;
+            sum[1] += 1;
+            sum[3] += segments;
         }
     }
     let sums: Vec<_> = sums.into_iter().collect();
     for chunk in sums.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO usage (period_id, user_id, integration, delivered, failed) VALUES {} \
+            "INSERT INTO usage (period_id, user_id, integration, delivered, failed, \
+               delivered_segments, failed_segments) VALUES {} \
              ON CONFLICT (period_id, user_id, integration) DO UPDATE SET \
-               delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed",
-            placeholders(chunk.len(), 5)
+               delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed, \
+               delivered_segments = usage.delivered_segments + excluded.delivered_segments, \
+               failed_segments = usage.failed_segments + excluded.failed_segments",
+            placeholders(chunk.len(), 7)
         );
         on!(tx.conn(), |c| {
             let mut q = sqlx::query(&sql);
-            for ((user_id, integration), (delivered, failed)) in chunk {
-                q = q
-                    .bind(period_id)
-                    .bind(*user_id)
-                    .bind(*integration)
-                    .bind(*delivered)
-                    .bind(*failed);
+            for ((user_id, integration), counts) in chunk {
+                q = q.bind(period_id).bind(*user_id).bind(*integration);
+                for n in counts {
+                    q = q.bind(*n);
+                }
             }
             q.execute(c).await?;
         });

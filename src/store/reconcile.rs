@@ -71,14 +71,13 @@ impl Store {
         let Some((urls, since, received)) = head else {
             return Ok(None);
         };
-        let alertmanagers =
-            on!(self.reader(), |c| {
-                sqlx::query_as(
+        let alertmanagers = on!(self.reader(), |c| {
+            sqlx::query_as(
             "SELECT url, requests, failed, scraped_at FROM reconcile_alertmanagers ORDER BY url"
         )
         .fetch_all(c)
         .await?
-            });
+        });
         Ok(Some(Reconciliation {
             urls,
             since,

@@ -148,6 +148,9 @@ pub struct Period {
     pub currency: Option<String>,
     pub bill_failed: Option<bool>,
     pub report_sha256: Option<String>,
+    /// What an SMS billed, frozen at close; None while open, and for periods
+    /// closed before billing units existed (their reports have no `units`).
+    pub sms_unit: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -156,6 +159,10 @@ pub struct UsageRow {
     pub integration: IntegrationKind,
     pub delivered: i64,
     pub failed: i64,
+    /// SMS segments of the delivered and the failed messages (0 for other
+    /// integrations).
+    pub delivered_segments: i64,
+    pub failed_segments: i64,
     /// The unit price frozen at close; None while the period is open.
     pub unit_price: Option<Decimal>,
 }
@@ -181,6 +188,7 @@ pub struct ItemRow {
 pub struct Freeze {
     pub currency: String,
     pub bill_failed: bool,
+    pub sms_unit: crate::config::SmsUnit,
     /// (integration, unit price) for every integration.
     pub prices: Vec<(IntegrationKind, Decimal)>,
     /// (user_id, integration, unit price) overrides.

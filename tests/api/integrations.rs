@@ -430,9 +430,9 @@ async fn email_permanent_and_transient_failures(backend: Backend) {
     app.stop().await;
 }
 
-const TWILIO_PATH: &str = "/2010-04-01/Accounts/AC0123456789abcdef/Messages.json";
+pub(crate) const TWILIO_PATH: &str = "/2010-04-01/Accounts/AC0123456789abcdef/Messages.json";
 
-fn twilio_created(segments: &str) -> Reply {
+pub(crate) fn twilio_created(segments: &str) -> Reply {
     Reply::new(
         201,
         &format!(
@@ -441,7 +441,7 @@ fn twilio_created(segments: &str) -> Reply {
     )
 }
 
-fn with_sms(s: &mut notimeter::config::Settings, gateway: &Sink) {
+pub(crate) fn with_sms(s: &mut notimeter::config::Settings, gateway: &Sink) {
     s.sms.api_url = Some(gateway.url(""));
     s.sms.account_sid = Some("AC0123456789abcdef".into());
     s.sms.auth_token = Some(notimeter::config::Secret::new("sms-auth-SECRET"));

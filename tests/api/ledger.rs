@@ -84,7 +84,7 @@ async fn bytes(app: &TestApp, path: &str) -> Vec<u8> {
 /// (user_id, integration) → (delivered, failed, unit_price, amount) of a ledger CSV.
 fn ledger_rows(csv_bytes: &[u8]) -> BTreeMap<(String, String), (i64, i64, String, String)> {
     let mut reader = csv::Reader::from_reader(csv_bytes);
-    assert_eq!(reader.headers().unwrap().len(), 10);
+    assert_eq!(&reader.headers().unwrap()[7], "units");
     reader
         .records()
         .map(|r| {
@@ -94,8 +94,8 @@ fn ledger_rows(csv_bytes: &[u8]) -> BTreeMap<(String, String), (i64, i64, String
                 (
                     r[5].parse().unwrap(),
                     r[6].parse().unwrap(),
-                    r[7].to_owned(),
                     r[8].to_owned(),
+                    r[9].to_owned(),
                 ),
             )
         })
@@ -612,7 +612,7 @@ async fn a_missed_close_happens_at_start_with_the_scheduled_boundary(backend: Ba
     assert_eq!(
         usage["usage"],
         json!([{"user_id": "u1", "integration": "webhook", "delivered": 1, "failed": 0,
-                "unit_price": "0", "amount": "0"}]),
+                "segments": 0, "units": 1, "unit_price": "0", "amount": "0"}]),
         "the open period bills the late message: {usage}"
     );
     app.stop().await;

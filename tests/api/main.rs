@@ -30,3 +30,4 @@ mod page;
 mod reconcile;
 mod render;
 mod routing;
+mod units;

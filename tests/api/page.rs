@@ -166,6 +166,7 @@ async fn finance_page_in_headless_chromium() {
                 "integration",
                 "delivered",
                 "failed",
+                "units",
                 "unit_price",
                 "amount",
             ]
@@ -186,7 +187,7 @@ async fn finance_page_in_headless_chromium() {
         .await
         .unwrap();
     assert!(
-        total.contains("Total (USD)") && total.contains('4') && total.contains("0.020"),
+        total.contains("Total (USD)") && total.contains('4') && total.contains("0.02 USD"),
         "{total}"
     );
     assert_eq!(
