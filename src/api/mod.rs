@@ -5,9 +5,11 @@ pub mod access;
 pub mod channels;
 pub mod health;
 pub mod ledger;
+pub mod log;
 pub mod page;
 mod router;
 pub mod stream;
+pub mod test_send;
 pub mod throttle;
 pub mod usage;
 

@@ -9,7 +9,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use super::{access, channels, health, ledger as ledger_api, page, usage};
+use super::{access, channels, health, ledger as ledger_api, log, page, test_send, usage};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::server::{self, BodyTimedOut};
@@ -45,10 +45,17 @@ pub fn router(state: AppState) -> Router {
                 .delete(channels::delete),
         )
         .route("/v1/users/{user_id}/channels", get(channels::list))
+        .route(
+            "/v1/users/{user_id}/channels/{channel_id}/test",
+            post(test_send::test),
+        )
+        .route("/v1/undeliverable", get(log::undeliverable))
+        .route("/v1/messages/{message_id}/redeliver", post(log::redeliver))
         .route("/v1/ledger/close", post(ledger_api::close))
         .route("/v1/users/{user_id}/settle", post(ledger_api::settle));
     let finance = Router::new()
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/users/{user_id}/messages", get(log::user_messages))
         .route("/v1/ledger/current.csv", get(usage::current_csv))
         .route("/v1/ledger/periods", get(ledger_api::periods))
         .route("/v1/ledger/periods/{file}", get(ledger_api::period_csv))

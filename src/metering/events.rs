@@ -13,7 +13,9 @@ use axum::http::StatusCode;
 use tracing::{debug, info, trace, warn};
 
 use super::Metrics;
-use crate::domain::{AttemptResult, IntegrationKind, MessageState, UndeliverableReason};
+use crate::domain::{
+    AttemptResult, ChannelId, IntegrationKind, MessageState, Reason, UndeliverableReason, UserId,
+};
 use crate::store::Superseded;
 
 // Each event logs under the target of the module it happens in, as it did
@@ -238,6 +240,21 @@ impl Metrics {
             outcome = outcome.as_str(),
             "message final"
         );
+    }
+
+    /// A test notification sent to a channel: delivered, or failed for `failure`.
+    pub fn test_sent(
+        &self,
+        user_id: &UserId,
+        channel_id: &ChannelId,
+        integration: IntegrationKind,
+        failure: Option<Reason>,
+    ) {
+        let result = failure.map_or("success", Reason::as_str);
+        info!(target: DISPATCH, user_id = %user_id, channel_id = %channel_id, integration = integration.as_str(), result, "test notification sent");
+        self.test_sends
+            .with_label_values(&[integration.as_str(), result])
+            .inc();
     }
 
     /// A delivered SMS, sent in `segments` segments.

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub(super) webhook_requests: IntCounterVec,
     pub(super) duplicates: IntCounter,
     pub(super) sms_segments: IntCounterVec,
+    pub(super) test_sends: IntCounterVec,
     pub(super) alerts_undeliverable: IntCounterVec,
     pub(super) ledger_closes: IntCounterVec,
     pub(super) render_total: IntCounterVec,
@@ -115,6 +116,13 @@ impl Metrics {
                 "notimeter_sms_segments_total",
                 "SMS segments of delivered SMS, by user (what gateways charge).",
                 &["user_id"],
+            ),
+            test_sends: counters(
+                &r,
+                "notimeter_test_sends_total",
+                "Test notifications sent through the API (not billed), by integration and result \
+                 (success or a failure reason).",
+                &["integration", "result"],
             ),
             alerts_undeliverable: counters(
                 &r,

@@ -17,6 +17,7 @@ mod channels;
 mod columns;
 mod group;
 mod ledger;
+mod log;
 mod outbox;
 mod postgres;
 mod reconcile;
@@ -31,6 +32,7 @@ use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, Transaction};
 
 use crate::clock::Clock;
 
+pub use log::{LogFilter, LoggedAttempt, LoggedMessage, LoggedUndeliverable, Redelivery};
 pub use reconcile::{url_set, AlertmanagerCount, AlertmanagerReading, Reconciliation};
 pub use records::{
     AttemptRecord, ChannelChange, ChannelList, ClaimedMessage, CorruptChannel, Enqueued, Freeze,

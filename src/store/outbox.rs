@@ -319,7 +319,7 @@ impl Store {
 const ROWS_PER_STATEMENT: usize = 400;
 
 /// `($1, $2), ($3, $4), …`: `rows` rows of `cols` placeholders each.
-fn placeholders(rows: usize, cols: usize) -> String {
+pub(super) fn placeholders(rows: usize, cols: usize) -> String {
     let mut sql = String::with_capacity(rows * cols * 5);
     for row in 0..rows {
         if row > 0 {

@@ -221,6 +221,7 @@ on_both_backends!(
     enqueue_dropped_at_every_await_point,
     clients_hanging_up_do_not_wedge_the_store,
     reconciliation_begin_dropped_at_every_await_point,
+    redelivery_dropped_at_every_await_point,
 );
 
 /// Begins the reconciliation's count, dropping the call after 0, 1, 2, …
@@ -270,4 +271,47 @@ async fn reconciliation_begin_dropped_at_every_await_point(backend: Backend) {
     }
     store.add_received(3).await.unwrap();
     assert_eq!(store.reconciliation().await.unwrap().unwrap().received, 3);
+}
+
+/// Redelivers a failed message, dropping the call after 0, 1, 2, … polls:
+/// each dropped call leaves either one whole new message or none, and the
+/// store takes the next call.
+async fn redelivery_dropped_at_every_await_point(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+    assert!(matches!(
+        store.enqueue(batch("k", "c1")).await.unwrap(),
+        Enqueued::Accepted { .. }
+    ));
+    execute(&db.url, "UPDATE messages SET state = 'failed' WHERE id = 1").await;
+    let count = || async { query_one::<i64>(&db.url, "SELECT COUNT(*) FROM messages").await };
+    let mut made = 0;
+    for polls in 0.. {
+        let fut = store.redeliver(1, format!("redeliver:1:{polls}"), now_ms());
+        let done = DropAfter {
+            inner: Box::pin(fut),
+            polls,
+        }
+        .await;
+        // A dropped write still runs to its end: wait for it to settle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = count().await - 2;
+        assert!(
+            now == made || now == made + 1,
+            "{now} new messages after {made}"
+        );
+        made = now;
+        if let Some(r) = done {
+            assert!(matches!(r.unwrap(), store::Redelivery::Queued { .. }));
+            break;
+        }
+    }
+    let copies: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages WHERE payload = (SELECT payload FROM messages WHERE id = 1) AND id > 1",
+    )
+    .await;
+    assert_eq!(copies, made, "each new message is a whole copy");
 }

@@ -115,7 +115,7 @@ async fn server_errors_are_retried_then_counted_once(backend: Backend) {
     let usage = app.get_json("/v1/usage", FINANCE_TOKEN).await;
     assert_eq!(
         usage["usage"],
-        json!([{"user_id": "u1", "integration": "webhook", "delivered": 1, "failed": 0, "unit_price": "0", "amount": "0"}])
+        json!([{"user_id": "u1", "integration": "webhook", "delivered": 1, "failed": 0, "segments": 0, "units": 1, "unit_price": "0", "amount": "0"}])
     );
     app.stop().await;
 }

@@ -22,6 +22,7 @@ mod integrations;
 mod ledger;
 mod lifecycle;
 mod limits;
+mod log;
 mod login;
 mod metering;
 mod order;

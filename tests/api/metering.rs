@@ -61,6 +61,7 @@ async fn csv_usage_and_counters_agree(backend: Backend) {
             "integration",
             "delivered",
             "failed",
+            "units",
             "unit_price",
             "amount",
             "currency"
@@ -70,7 +71,7 @@ async fn csv_usage_and_counters_agree(backend: Backend) {
     let mut users = vec![];
     for rec in reader.records() {
         let rec = rec.unwrap();
-        assert_eq!(&rec[9], "EUR");
+        assert_eq!(&rec[10], "EUR");
         assert_eq!(&rec[2], "", "the open period has no end yet");
         assert_eq!(&rec[0], usage["period_id"].as_str().unwrap());
         users.push(rec[3].to_owned());
@@ -79,7 +80,7 @@ async fn csv_usage_and_counters_agree(backend: Backend) {
             (
                 rec[5].parse::<f64>().unwrap(),
                 rec[6].parse::<f64>().unwrap(),
-                rec[8].to_owned(),
+                rec[9].to_owned(),
             ),
         );
     }
