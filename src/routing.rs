@@ -134,11 +134,15 @@ impl UserRoutes {
     }
 }
 
+/// What a send needs of a channel besides its route.
+#[derive(Debug)]
+pub struct Sendable {
+    pub settings: ChannelSettings,
+    pub templates: Templates,
+}
+
 /// A channel's packed settings and templates (see [`Entry`]), parsed.
-fn parse_packed(
-    kind: IntegrationKind,
-    packed: &str,
-) -> Result<(ChannelSettings, Templates), String> {
+fn parse_packed(kind: IntegrationKind, packed: &str) -> Result<Sendable, String> {
     let mut values = serde_json::Deserializer::from_str(packed).into_iter::<serde_json::Value>();
     let settings = values
         .next()
@@ -151,10 +155,10 @@ fn parse_packed(
         .map(serde_json::from_value)
         .transpose()
         .map_err(|e| e.to_string())?;
-    Ok((
-        ChannelSettings::parse(kind, &settings)?,
-        Templates::parse(kind, templates)?,
-    ))
+    Ok(Sendable {
+        settings: ChannelSettings::parse(kind, &settings)?,
+        templates: Templates::parse(kind, templates)?,
+    })
 }
 
 /// Channel ids and matcher lists seen while loading, each held once.
@@ -363,7 +367,7 @@ impl Routes {
         &self,
         user_id: &str,
         channel_id: &str,
-    ) -> Option<(Route, Result<(ChannelSettings, Templates), String>)> {
+    ) -> Option<(Route, Result<Sendable, String>)> {
         let index = self.read();
         let u = index.get(user_id)?;
         let i = u.find(channel_id).ok()?;
@@ -464,9 +468,9 @@ mod tests {
         let plain = channel("u1", "w", "http://one/", &[]);
         for c in [&ch, &plain] {
             let entry = Entry::new(c, &mut interned);
-            let (settings, templates) = parse_packed(c.kind(), &entry.settings).unwrap();
-            assert_eq!(settings, c.settings);
-            assert_eq!(templates, c.templates);
+            let sendable = parse_packed(c.kind(), &entry.settings).unwrap();
+            assert_eq!(sendable.settings, c.settings);
+            assert_eq!(sendable.templates, c.templates);
         }
         assert!(!ch.templates.is_empty());
     }

@@ -20,7 +20,7 @@ use crate::clock::{duration_ms, Clock};
 use crate::config::{DispatchSettings, Settings};
 use crate::domain::{AttemptResult, ChannelSettings, Templates, WebhookPayload};
 use crate::metering::{Final, Metrics};
-use crate::routing::Routes;
+use crate::routing::{Routes, Sendable};
 use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store, StoreError};
 use crate::templating::{self, Texts};
 
@@ -241,7 +241,7 @@ impl Dispatcher {
     /// What a send needs: the channel (from the routing index) and the
     /// payload. Failures here are permanent.
     fn prepare(&self, msg: &ClaimedMessage) -> Result<Prepared, SendError> {
-        let Some((channel, settings)) = self.routes.sendable(&msg.user_id, &msg.channel_id) else {
+        let Some((channel, sendable)) = self.routes.sendable(&msg.user_id, &msg.channel_id) else {
             return Err(SendError::permanent(
                 Reason::Other,
                 "the channel was deleted",
@@ -253,7 +253,10 @@ impl Dispatcher {
                 "the channel was disabled",
             ));
         }
-        let (settings, templates) = settings.map_err(|e| {
+        let Sendable {
+            settings,
+            templates,
+        } = sendable.map_err(|e| {
             SendError::permanent(
                 Reason::Other,
                 format!("the channel's settings are corrupt: {e}"),

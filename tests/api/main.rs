@@ -29,3 +29,4 @@ mod outage;
 mod page;
 mod render;
 mod routing;
+mod templates;
