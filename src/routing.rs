@@ -155,9 +155,10 @@ fn parse_packed(kind: IntegrationKind, packed: &str) -> Result<Sendable, String>
         .map(serde_json::from_value)
         .transpose()
         .map_err(|e| e.to_string())?;
+    let settings = ChannelSettings::parse(kind, &settings)?;
     Ok(Sendable {
-        settings: ChannelSettings::parse(kind, &settings)?,
-        templates: Templates::parse(kind, templates)?,
+        templates: Templates::parse(&settings, templates)?,
+        settings,
     })
 }
 

@@ -150,11 +150,12 @@ impl Channel {
                 IntegrationKind::known()
             )
         })?;
+        let settings = ChannelSettings::parse(kind, &spec.settings)?;
         Ok(Channel {
             user_id,
             channel_id,
-            settings: ChannelSettings::parse(kind, &spec.settings)?,
-            templates: Templates::parse(kind, spec.templates)?,
+            templates: Templates::parse(&settings, spec.templates)?,
+            settings,
             matchers: Matchers::parse_all(&spec.matchers)?,
             send_resolved: spec.send_resolved,
             enabled: spec.enabled,

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use super::IntegrationKind;
+use super::{ChannelSettings, IntegrationKind};
 
 /// A field of a message that a template may give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,19 +62,27 @@ impl fmt::Display for TemplateField {
 pub struct Templates(BTreeMap<TemplateField, String>);
 
 impl Templates {
-    /// Parses the `templates` object of a channel of type `kind`; errors name
-    /// the field (`templates.nope: …`).
+    /// Parses the `templates` object of a channel with `settings`; errors
+    /// name the field (`templates.nope: …`). A channel that forwards the
+    /// payload (a webhook, a Telegram relay) has none.
     pub fn parse(
-        kind: IntegrationKind,
+        settings: &ChannelSettings,
         raw: Option<BTreeMap<String, String>>,
     ) -> Result<Self, String> {
         let Some(raw) = raw else {
             return Ok(Self::default());
         };
-        let fields = TemplateField::of(kind);
+        let kind = settings.kind();
+        let relay = matches!(settings, ChannelSettings::Telegram(t) if t.webhook_url.is_some());
+        let fields = if relay { &[] } else { TemplateField::of(kind) };
         if fields.is_empty() {
+            let what = if relay {
+                "telegram relay channels (webhook_url)".to_owned()
+            } else {
+                format!("{kind} channels")
+            };
             return Err(format!(
-                "templates: {kind} channels have no templates (the payload is sent as it is)"
+                "templates: {what} have no templates (the payload is sent as it is)"
             ));
         }
         let mut templates = BTreeMap::new();
@@ -131,30 +139,45 @@ mod tests {
 
     #[test]
     fn fields_by_type() {
-        let t =
-            Templates::parse(IntegrationKind::Slack, raw(&[("text", "{{ .Status }}")])).unwrap();
+        let settings = |kind, v| ChannelSettings::parse(kind, &v).unwrap();
+        let slack = settings(
+            IntegrationKind::Slack,
+            serde_json::json!({"api_url": "http://x"}),
+        );
+        let t = Templates::parse(&slack, raw(&[("text", "{{ .Status }}")])).unwrap();
         assert_eq!(
             t.iter().collect::<Vec<_>>(),
             [(TemplateField::Text, "{{ .Status }}")]
         );
         assert_eq!(t.to_spec(), raw(&[("text", "{{ .Status }}")]));
-        assert!(Templates::parse(IntegrationKind::Webhook, None)
-            .unwrap()
-            .is_empty());
-        let err = Templates::parse(IntegrationKind::Webhook, raw(&[])).unwrap_err();
+        let err = Templates::parse(&slack, raw(&[("message", "x")])).unwrap_err();
+        assert_eq!(
+            err,
+            "templates.message: slack channels have no such template; theirs are title, text, pretext, footer"
+        );
+        let webhook = settings(
+            IntegrationKind::Webhook,
+            serde_json::json!({"url": "http://x"}),
+        );
+        assert!(Templates::parse(&webhook, None).unwrap().is_empty());
+        let err = Templates::parse(&webhook, raw(&[])).unwrap_err();
         assert!(
             err.starts_with("templates: webhook channels have no templates"),
             "{err}"
         );
-        let err = Templates::parse(IntegrationKind::Telegram, raw(&[("text", "x")])).unwrap_err();
-        assert_eq!(
-            err,
-            "templates.text: telegram channels have no such template; theirs are message"
+        let relay = settings(
+            IntegrationKind::Telegram,
+            serde_json::json!({"webhook_url": "http://x"}),
         );
-        assert!(Templates::parse(
-            IntegrationKind::Email,
-            raw(&[("subject", "s"), ("html", "h")])
-        )
-        .is_ok());
+        let err = Templates::parse(&relay, raw(&[("message", "x")])).unwrap_err();
+        assert!(
+            err.starts_with("templates: telegram relay channels (webhook_url) have no templates"),
+            "{err}"
+        );
+        let bot = settings(
+            IntegrationKind::Telegram,
+            serde_json::json!({"bot_token": "1:x", "chat_id": 1}),
+        );
+        assert!(Templates::parse(&bot, raw(&[("message", "x")])).is_ok());
     }
 }

@@ -122,7 +122,12 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Templates::parse(kind, Some(raw)).unwrap()
+        let settings = match kind {
+            IntegrationKind::Slack => serde_json::json!({"api_url": "http://x"}),
+            _ => serde_json::json!({"to": "ops@example.com"}),
+        };
+        let settings = crate::domain::ChannelSettings::parse(kind, &settings).unwrap();
+        Templates::parse(&settings, Some(raw)).unwrap()
     }
 
     /// What `source` gives as a Slack `text` on the sample.

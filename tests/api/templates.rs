@@ -118,6 +118,10 @@ async fn bad_templates_are_refused_naming_the_field(backend: Backend) {
             json!({"type": "webhook", "settings": {"url": "http://127.0.0.1:9/"}, "templates": {"text": "x"}}),
             "templates: webhook channels have no templates",
         ),
+        (
+            json!({"type": "telegram", "settings": {"webhook_url": "http://127.0.0.1:9/"}, "templates": {"message": "x"}}),
+            "templates: telegram relay channels (webhook_url) have no templates",
+        ),
         (slack(json!({"text": 1})), "templates"),
     ];
     for (body, expected) in cases {
