@@ -27,8 +27,9 @@ pub struct Saved {
     pub channel: Channel,
 }
 
-/// Checks `channel` against the operator's configuration (timing, outbound
-/// guard, a configured SMTP server or SMS gateway) and creates or replaces it.
+/// Checks `channel` (its timing, its templates on a sample notification) and
+/// against the operator's configuration (outbound guard, a configured SMTP
+/// server or SMS gateway), and creates or replaces it.
 /// Secrets sent back as the placeholder keep their stored values; the save is
 /// stamped with `clock`'s time.
 pub async fn save(
@@ -42,6 +43,7 @@ pub async fn save(
         .timing
         .check(settings.dedupe_window)
         .map_err(SaveError::Invalid)?;
+    crate::templating::check(&channel.templates).map_err(SaveError::Invalid)?;
     match store
         .get_channel(channel.user_id.as_str(), channel.channel_id.as_str())
         .await

@@ -26,7 +26,7 @@ use hashbrown::HashTable;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Channel, ChannelSettings, IntegrationKind, Matchers};
+use crate::domain::{Channel, ChannelSettings, IntegrationKind, Matchers, Templates};
 use crate::store::{ChannelChange, Store, StoreError};
 
 /// How often the channel log is read for changes made elsewhere.
@@ -42,7 +42,9 @@ pub struct Route {
     pub matchers: Arc<Matchers>,
 }
 
-/// A route and its settings' JSON (secrets included), before packing.
+/// A route and its settings' JSON (secrets included), before packing; a
+/// channel with templates has their JSON object right after (the two are
+/// read back with a JSON stream reader, so no channel pays for a second range).
 struct Entry {
     route: Route,
     settings: String,
@@ -50,9 +52,14 @@ struct Entry {
 
 impl Entry {
     fn new(ch: &Channel, interned: &mut Interned) -> Self {
-        let settings = crate::domain::secret::exposing(|| {
+        let mut settings = crate::domain::secret::exposing(|| {
             serde_json::to_string(&ch.settings).expect("channel settings serialise")
         });
+        if !ch.templates.is_empty() {
+            settings.push_str(
+                &serde_json::to_string(&ch.templates).expect("channel templates serialise"),
+            );
+        }
         Entry {
             route: Route {
                 channel_id: interned.channel_id(ch.channel_id.as_str()),
@@ -125,6 +132,34 @@ impl UserRoutes {
         let (start, end) = self.slots[i].settings;
         &self.text[start as usize..end as usize]
     }
+}
+
+/// What a send needs of a channel besides its route.
+#[derive(Debug)]
+pub struct Sendable {
+    pub settings: ChannelSettings,
+    pub templates: Templates,
+}
+
+/// A channel's packed settings and templates (see [`Entry`]), parsed.
+fn parse_packed(kind: IntegrationKind, packed: &str) -> Result<Sendable, String> {
+    let mut values = serde_json::Deserializer::from_str(packed).into_iter::<serde_json::Value>();
+    let settings = values
+        .next()
+        .ok_or("no settings")?
+        .map_err(|e| e.to_string())?;
+    let templates = values
+        .next()
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let settings = ChannelSettings::parse(kind, &settings)?;
+    Ok(Sendable {
+        templates: Templates::parse(&settings, templates)?,
+        settings,
+    })
 }
 
 /// Channel ids and matcher lists seen while loading, each held once.
@@ -327,21 +362,19 @@ impl Routes {
             .map_or(Lookup::Missing, Lookup::Found)
     }
 
-    /// One channel and its settings, parsed, for a send; `None` when there is
-    /// no such channel.
+    /// One channel, its settings and its templates, parsed, for a send;
+    /// `None` when there is no such channel.
     pub fn sendable(
         &self,
         user_id: &str,
         channel_id: &str,
-    ) -> Option<(Route, Result<ChannelSettings, String>)> {
+    ) -> Option<(Route, Result<Sendable, String>)> {
         let index = self.read();
         let u = index.get(user_id)?;
         let i = u.find(channel_id).ok()?;
         let route = u.slots[i].route.clone();
-        let settings = serde_json::from_str::<serde_json::Value>(u.settings(i))
-            .map_err(|e| e.to_string())
-            .and_then(|v| ChannelSettings::parse(route.kind, &v));
-        Some((route, settings))
+        let parsed = parse_packed(route.kind, u.settings(i));
+        Some((route, parsed))
     }
 
     /// A user's channels (enabled or not), by channel id.
@@ -417,5 +450,29 @@ mod tests {
             Entry::new(&channels[1], &mut interned).settings
         );
         assert!(index.get("u1").is_none());
+    }
+
+    #[test]
+    fn templates_are_packed_after_the_settings() {
+        let mut interned = Interned::default();
+        let spec: ChannelSpec = serde_json::from_value(serde_json::json!({
+            "type": "slack", "settings": {"api_url": "http://hooks/x"},
+            "templates": {"text": "{{ .CommonAnnotations.description }}"},
+        }))
+        .unwrap();
+        let ch = Channel::parse(
+            UserId::parse("u1").unwrap(),
+            ChannelId::parse("s").unwrap(),
+            spec,
+        )
+        .unwrap();
+        let plain = channel("u1", "w", "http://one/", &[]);
+        for c in [&ch, &plain] {
+            let entry = Entry::new(c, &mut interned);
+            let sendable = parse_packed(c.kind(), &entry.settings).unwrap();
+            assert_eq!(sendable.settings, c.settings);
+            assert_eq!(sendable.templates, c.templates);
+        }
+        assert!(!ch.templates.is_empty());
     }
 }

@@ -55,17 +55,29 @@ pub async fn test(
             "no channel {channel} for user {user}"
         )));
     };
-    let settings = settings.map_err(|e| {
+    let sendable = settings.map_err(|e| {
         ApiError::Internal(anyhow::anyhow!("the channel's settings are corrupt: {e}"))
     })?;
+    let settings = &sendable.settings;
     let kind = settings.kind();
     let now = crate::clock::rfc3339(state.clock.now_ms());
     let payload = sample(&user, &channel, "", &now);
+    // With the channel's templates, as a delivery would be (a failing one
+    // falls back to its default text, and the answer says why).
+    let rendered = crate::templating::render(&sendable.templates, &payload);
+    let template_failures: Vec<Value> = rendered
+        .failures
+        .iter()
+        .map(|(field, error)| json!({"field": field.as_str(), "error": error}))
+        .collect();
     // A client of its own: test sends are rare, and must not wait behind
     // (or hold) the dispatcher's.
     let ctx = SendContext::new(state.settings.clone()).map_err(ApiError::Internal)?;
     let started = Instant::now();
-    let sent = state.registry.send(&ctx, &settings, &payload).await;
+    let sent = state
+        .registry
+        .send(&ctx, settings, &payload, &rendered.texts)
+        .await;
     let duration_ms = started.elapsed().as_millis() as u64;
     state
         .metrics
@@ -74,12 +86,12 @@ pub async fn test(
         Ok(s) => json!({
             "user_id": user.as_str(), "channel_id": channel.as_str(), "integration": kind,
             "result": "delivered", "status_code": s.status, "duration_ms": duration_ms,
-            "segments": s.segments,
+            "segments": s.segments, "template_failures": template_failures,
         }),
         Err(e) => json!({
             "user_id": user.as_str(), "channel_id": channel.as_str(), "integration": kind,
             "result": "failed", "reason": e.reason.as_str(), "status_code": e.status,
-            "duration_ms": duration_ms, "error": e.detail,
+            "duration_ms": duration_ms, "error": e.detail, "template_failures": template_failures,
         }),
     }))
 }

@@ -3,14 +3,16 @@
 //! part and an HTML part like Alertmanager's default email, and a Message-Id.
 //! Label and annotation values only ever reach the bodies, which are
 //! MIME-encoded; the subject is stripped of control characters, so no value
-//! can add a header.
+//! can add a header. A channel's templates may give the subject, the HTML
+//! part and the text part (see `crate::templating` for the HTML escaping).
 
 use std::time::Duration;
 
 use super::{template, Integration, Reason, SendContext, SendError, Sent, ValidateContext};
 use crate::config::{SmtpSettings, SmtpTls};
 use crate::domain::settings::EmailSettings;
-use crate::domain::{Alert, WebhookPayload};
+use crate::domain::{Alert, TemplateField, WebhookPayload};
+use crate::templating::Texts;
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -139,8 +141,25 @@ pub fn html_body(p: &WebhookPayload) -> String {
     out
 }
 
-/// The whole message for `p` to `to`.
-fn message(from: &Mailbox, to: &[Mailbox], p: &WebhookPayload) -> Result<Message, String> {
+/// The whole message for `p` to `to`, with the parts `texts` gives in place
+/// of the defaults. A templated subject is stripped of control characters
+/// like the default one, so a template cannot add a header either.
+fn message(
+    from: &Mailbox,
+    to: &[Mailbox],
+    p: &WebhookPayload,
+    texts: &Texts,
+) -> Result<Message, String> {
+    let subject = match texts.get(TemplateField::Subject) {
+        Some(s) => header_safe(s.trim()),
+        None => header_safe(template::subject(p).trim_end()),
+    };
+    let text = texts
+        .get(TemplateField::Text)
+        .map_or_else(|| template::firing_and_resolved(p), str::to_owned);
+    let html = texts
+        .get(TemplateField::Html)
+        .map_or_else(|| html_body(p), str::to_owned);
     let domain = from.email.domain().to_owned();
     let id = format!(
         "<{}.{}@{domain}>",
@@ -149,17 +168,14 @@ fn message(from: &Mailbox, to: &[Mailbox], p: &WebhookPayload) -> Result<Message
     );
     let mut builder = Message::builder()
         .from(from.clone())
-        .subject(header_safe(template::subject(p).trim_end()))
+        .subject(subject)
         .message_id(Some(id))
         .date_now();
     for m in to {
         builder = builder.to(m.clone());
     }
     builder
-        .multipart(MultiPart::alternative_plain_html(
-            template::firing_and_resolved(p),
-            html_body(p),
-        ))
+        .multipart(MultiPart::alternative_plain_html(text, html))
         .map_err(|e| format!("building the message: {e}"))
 }
 
@@ -224,12 +240,13 @@ impl Integration for Email {
         _ctx: &SendContext,
         s: &EmailSettings,
         payload: &WebhookPayload,
+        texts: &Texts,
     ) -> Result<Sent, SendError> {
         let smtp = self
             .smtp
             .as_ref()
             .map_err(|e| SendError::permanent(Reason::Other, e.clone()))?;
-        let msg = message(&smtp.from, &s.to.mailboxes(), payload)
+        let msg = message(&smtp.from, &s.to.mailboxes(), payload, texts)
             .map_err(|e| SendError::permanent(Reason::Other, e))?;
         let response = smtp.transport.send(msg).await.map_err(classify)?;
         Ok(Sent {

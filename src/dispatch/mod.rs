@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use crate::config::Settings;
 use crate::domain::{ChannelSettings, WebhookPayload};
 use crate::outbound::Guard;
+use crate::templating::Texts;
 
 pub use worker::Dispatcher;
 
@@ -167,12 +168,14 @@ pub trait Integration: Send + Sync {
         None
     }
 
-    /// Sends one message.
+    /// Sends one message: `payload`, its texts as the channel's templates
+    /// gave them (a field without one keeps the integration's default).
     async fn send(
         &self,
         ctx: &SendContext,
         settings: &Self::Settings,
         payload: &WebhookPayload,
+        texts: &Texts,
     ) -> Result<Sent, SendError>;
 }
 
@@ -248,8 +251,9 @@ impl Registry {
         ctx: &SendContext,
         settings: &ChannelSettings,
         payload: &WebhookPayload,
+        texts: &Texts,
     ) -> Result<Sent, SendError> {
-        with_integration!(self, settings, |i, s| i.send(ctx, s, payload).await)
+        with_integration!(self, settings, |i, s| i.send(ctx, s, payload, texts).await)
     }
 }
 

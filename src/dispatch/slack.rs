@@ -1,6 +1,7 @@
 //! Slack incoming webhooks, with what Alertmanager's default Slack template
 //! gives: title `[FIRING:N] …`, a link to Alertmanager, colour by status, and
-//! the alerts' descriptions as text.
+//! the alerts' descriptions as text. A channel's templates may give the
+//! title (cut to Alertmanager's 1,024 characters), text, pretext and footer.
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -8,15 +9,23 @@ use serde_json::Value;
 
 use super::{http, template, Integration, SendContext, SendError, Sent, ValidateContext};
 use crate::domain::settings::SlackSettings;
-use crate::domain::{AlertStatus, WebhookPayload};
+use crate::domain::{AlertStatus, TemplateField, WebhookPayload};
+use crate::templating::Texts;
 
 pub struct Slack;
+
+/// Alertmanager's limit on an attachment's title, in characters.
+const MAX_TITLE_CHARS: usize = 1024;
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Attachment {
     pub title: String,
     pub title_link: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pretext: String,
     pub text: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub footer: String,
     pub fallback: String,
     pub color: &'static str,
     pub mrkdwn_in: [&'static str; 3],
@@ -30,16 +39,32 @@ pub struct Message {
     pub attachments: Vec<Attachment>,
 }
 
-/// The message Alertmanager's default Slack template would give for `p`.
-pub fn message(p: &WebhookPayload, channel: Option<String>, username: Option<String>) -> Message {
-    let title = template::subject(p);
+/// The message for `p`: Alertmanager's default Slack template, with the
+/// fields `texts` gives in place of the defaults. The fallback (what
+/// notifications show) is built from the title sent.
+pub fn message(
+    p: &WebhookPayload,
+    channel: Option<String>,
+    username: Option<String>,
+    texts: &Texts,
+) -> Message {
+    let title = match texts.get(TemplateField::Title) {
+        Some(t) => t.chars().take(MAX_TITLE_CHARS).collect(),
+        None => template::subject(p),
+    };
+    let text = texts
+        .get(TemplateField::Text)
+        .map_or_else(|| template::descriptions(p), str::to_owned);
+    let field = |f| texts.get(f).unwrap_or_default().to_owned();
     let title_link = template::alertmanager_url(p);
     Message {
         channel,
         username: username.unwrap_or_else(|| "Alertmanager".into()),
         attachments: vec![Attachment {
             fallback: format!("{title} | {title_link}"),
-            text: template::descriptions(p),
+            pretext: field(TemplateField::Pretext),
+            text,
+            footer: field(TemplateField::Footer),
             color: if p.status == AlertStatus::Firing {
                 "danger"
             } else {
@@ -91,9 +116,10 @@ impl Integration for Slack {
         ctx: &SendContext,
         s: &SlackSettings,
         payload: &WebhookPayload,
+        texts: &Texts,
     ) -> Result<Sent, SendError> {
         let url = ctx.checked_url(s.api_url.expose()).await?;
-        let body = message(payload, s.channel.clone(), s.username.clone());
+        let body = message(payload, s.channel.clone(), s.username.clone(), texts);
         http::send(ctx.http.post(url).json(&body), check_body).await
     }
 }

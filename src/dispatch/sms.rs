@@ -1,7 +1,8 @@
 //! SMS through a Twilio-compatible Messages API (the operator's `[sms]`): a
 //! form POST of To, From and Body with basic auth. The body is short, e.g.
-//! `[FIRING:2] high_cpu u1: CPU above 90% on db-1`, cut to at most
-//! [`MAX_SEGMENTS`] segments; the segments used are recorded on the attempt.
+//! `[FIRING:2] high_cpu u1: CPU above 90% on db-1` (or what the channel's
+//! `text` template gives), cut to at most [`MAX_SEGMENTS`] segments; the
+//! segments used are recorded on the attempt.
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -11,7 +12,8 @@ use super::http::{self, Answer};
 use super::{template, Integration, Reason, SendContext, SendError, Sent, ValidateContext};
 use crate::config::SmsSettings as SmsGateway;
 use crate::domain::settings::SmsSettings;
-use crate::domain::WebhookPayload;
+use crate::domain::{TemplateField, WebhookPayload};
+use crate::templating::Texts;
 
 pub struct Sms;
 
@@ -49,9 +51,21 @@ pub fn segments(text: &str) -> usize {
     }
 }
 
-/// The SMS for `p`: the subject, then the alerts' descriptions, cut with an
-/// ellipsis to fit [`MAX_SEGMENTS`].
-pub fn body(p: &WebhookPayload) -> String {
+/// The SMS for `p`: the `text` template's text, or by default the subject
+/// then the alerts' descriptions; cut with an ellipsis to fit
+/// [`MAX_SEGMENTS`]. A template that gives only blanks leaves the default.
+pub fn body(p: &WebhookPayload, texts: &Texts) -> String {
+    match texts
+        .get(TemplateField::Text)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(text) => fit(text.to_owned()),
+        None => fit(default_text(p)),
+    }
+}
+
+fn default_text(p: &WebhookPayload) -> String {
     let mut text = template::subject(p).trim_end().to_owned();
     let descriptions: Vec<String> = template::descriptions(p)
         .lines()
@@ -61,6 +75,11 @@ pub fn body(p: &WebhookPayload) -> String {
         text.push_str(": ");
         text.push_str(&descriptions.join("; "));
     }
+    text
+}
+
+/// `text`, cut with an ellipsis to fit [`MAX_SEGMENTS`].
+fn fit(text: String) -> String {
     if segments(&text) <= MAX_SEGMENTS {
         return text;
     }
@@ -160,9 +179,10 @@ impl Integration for Sms {
         ctx: &SendContext,
         s: &SmsSettings,
         payload: &WebhookPayload,
+        texts: &Texts,
     ) -> Result<Sent, SendError> {
         let gw = gateway(&ctx.settings.sms).map_err(|e| SendError::permanent(Reason::Other, e))?;
-        let text = body(payload);
+        let text = body(payload, texts);
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Messages.json",
             gw.api_url.trim_end_matches('/'),
@@ -213,7 +233,7 @@ mod tests {
                 "commonAnnotations": {}, "externalURL": "http://am",
                 "alerts": [{"status": "firing", "labels": {}, "annotations": {"description": desc}}]
             })).unwrap();
-            let b = body(&p);
+            let b = body(&p, &Texts::default());
             prop_assert!(segments(&b) <= MAX_SEGMENTS);
             prop_assert!(b.starts_with("[FIRING:1] high_cpu u1"));
         }

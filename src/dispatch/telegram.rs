@@ -1,7 +1,8 @@
 //! Telegram, through the Bot API's `sendMessage`, with what Alertmanager's
 //! default Telegram template gives (the firing and resolved alerts with their
 //! labels, annotations and source), escaped for the parse mode and cut to
-//! Telegram's 4,096-character limit without breaking an entity or a tag.
+//! Telegram's 4,096-character limit without breaking an entity or a tag. A
+//! channel's `message` template replaces that text.
 //!
 //! The relay form (`webhook_url`, the original setup's `tele_webhook`) posts
 //! the Alertmanager payload to a relay instead; it is billed as telegram too.
@@ -14,7 +15,8 @@ use super::http::{self, Answer};
 use super::webhook::{post_payload, Auth};
 use super::{template, Integration, Reason, SendContext, SendError, Sent, ValidateContext};
 use crate::domain::settings::{ParseMode, TelegramSettings, TelegramTarget};
-use crate::domain::WebhookPayload;
+use crate::domain::{TemplateField, WebhookPayload};
+use crate::templating::Texts;
 
 pub struct Telegram;
 
@@ -66,10 +68,23 @@ impl ParseMode {
     }
 }
 
-/// The message text for `p` in `mode`, within Telegram's limit.
-pub fn message_text(p: &WebhookPayload, mode: ParseMode) -> String {
-    let text = template::firing_and_resolved(p);
-    mode.truncate(&mode.escape(text.trim_end()), MAX_MESSAGE_CHARS)
+/// The message text for `p` in `mode`, within Telegram's limit. A `message`
+/// template's text is sent as it is, as Alertmanager sends it: it is written
+/// for the parse mode (markup included; values are escaped with `html` where
+/// the mode is HTML), so only cut. One that gives nothing but blanks, which
+/// Telegram would refuse, leaves the default.
+pub fn message_text(p: &WebhookPayload, mode: ParseMode, texts: &Texts) -> String {
+    match texts
+        .get(TemplateField::Message)
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(text) => mode.truncate(text, MAX_MESSAGE_CHARS),
+        None => {
+            let text = template::firing_and_resolved(p);
+            mode.truncate(&mode.escape(text.trim_end()), MAX_MESSAGE_CHARS)
+        }
+    }
 }
 
 /// Telegram's answer body: `{"ok": false, "error_code": 429, "description": "...",
@@ -156,6 +171,7 @@ impl Integration for Telegram {
         ctx: &SendContext,
         s: &TelegramSettings,
         payload: &WebhookPayload,
+        texts: &Texts,
     ) -> Result<Sent, SendError> {
         let (token, chat_id) = match s.target() {
             TelegramTarget::Relay(relay) => {
@@ -164,7 +180,7 @@ impl Integration for Telegram {
             TelegramTarget::Bot { token, chat_id } => (token, chat_id),
         };
         let mode = s.parse_mode();
-        let text = message_text(payload, mode);
+        let text = message_text(payload, mode, texts);
         // Bot tokens hold a colon: build the path by hand, not with Url::join
         // (which would read `123:` as a scheme).
         let base = s

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use super::{http, Integration, SendContext, SendError, Sent, ValidateContext};
 use crate::domain::settings::WebhookSettings;
 use crate::domain::WebhookPayload;
+use crate::templating::Texts;
 use async_trait::async_trait;
 
 pub struct Webhook;
@@ -61,6 +62,7 @@ impl Integration for Webhook {
         ctx: &SendContext,
         s: &WebhookSettings,
         payload: &WebhookPayload,
+        _texts: &Texts,
     ) -> Result<Sent, SendError> {
         let auth = match (&s.bearer_token, &s.basic_auth) {
             (Some(token), _) => Auth::Bearer(token.expose()),

@@ -18,10 +18,11 @@ use super::retry::RetryPolicy;
 use super::{Reason, Registry, SendContext, SendError, Sent};
 use crate::clock::{duration_ms, Clock};
 use crate::config::{DispatchSettings, Settings};
-use crate::domain::{AttemptResult, ChannelSettings, WebhookPayload};
+use crate::domain::{AttemptResult, ChannelSettings, Templates, WebhookPayload};
 use crate::metering::{Final, Metrics};
-use crate::routing::Routes;
+use crate::routing::{Routes, Sendable};
 use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store, StoreError};
+use crate::templating::{self, Texts};
 
 pub struct Dispatcher {
     store: Arc<Store>,
@@ -58,9 +59,10 @@ enum Step {
     },
 }
 
-/// A message ready to send: its channel's settings and its payload.
+/// A message ready to send: its channel's settings and templates, and its payload.
 struct Prepared {
     settings: ChannelSettings,
+    templates: Templates,
     payload: WebhookPayload,
 }
 
@@ -239,7 +241,7 @@ impl Dispatcher {
     /// What a send needs: the channel (from the routing index) and the
     /// payload. Failures here are permanent.
     fn prepare(&self, msg: &ClaimedMessage) -> Result<Prepared, SendError> {
-        let Some((channel, settings)) = self.routes.sendable(&msg.user_id, &msg.channel_id) else {
+        let Some((channel, sendable)) = self.routes.sendable(&msg.user_id, &msg.channel_id) else {
             return Err(SendError::permanent(
                 Reason::Other,
                 "the channel was deleted",
@@ -251,7 +253,10 @@ impl Dispatcher {
                 "the channel was disabled",
             ));
         }
-        let settings = settings.map_err(|e| {
+        let Sendable {
+            settings,
+            templates,
+        } = sendable.map_err(|e| {
             SendError::permanent(
                 Reason::Other,
                 format!("the channel's settings are corrupt: {e}"),
@@ -260,7 +265,11 @@ impl Dispatcher {
         let payload: WebhookPayload = serde_json::from_str(&msg.payload).map_err(|e| {
             SendError::permanent(Reason::Other, format!("stored message is corrupt: {e}"))
         })?;
-        Ok(Prepared { settings, payload })
+        Ok(Prepared {
+            settings,
+            templates,
+            payload,
+        })
     }
 
     /// Plan limit (on a message's first try), pacing, a place at the
@@ -310,9 +319,10 @@ impl Dispatcher {
             },
             None => None,
         };
+        let texts = texts(msg, &p);
         let sent = tokio::time::timeout(
             self.settings.send_timeout,
-            self.registry.send(&self.ctx, settings, &p.payload),
+            self.registry.send(&self.ctx, settings, &p.payload, &texts),
         )
         .await;
         match sent {
@@ -528,6 +538,20 @@ impl Dispatcher {
             self.metrics.sms_sent(&r.user_id, segments);
         }
     }
+}
+
+/// The texts of `p`'s message from its channel's templates. A template that
+/// fails on this message's data leaves its field's default text, with a
+/// warning: the message is sent all the same.
+fn texts(msg: &ClaimedMessage, p: &Prepared) -> Texts {
+    let rendered = templating::render(&p.templates, &p.payload);
+    for (field, error) in &rendered.failures {
+        warn!(
+            message_id = msg.id, channel_id = %msg.channel_id, field = field.as_str(), error = %error,
+            "a message template failed; its field's default text is sent instead"
+        );
+    }
+    rendered.texts
 }
 
 fn hostname() -> String {

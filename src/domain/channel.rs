@@ -1,10 +1,12 @@
 //! A user's notification channel, as the admin API takes it.
 
+use std::collections::BTreeMap;
+
 use super::matcher::is_label_name;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ChannelId, ChannelSettings, IntegrationKind, Matchers, UserId};
+use super::{ChannelId, ChannelSettings, IntegrationKind, Matchers, Templates, UserId};
 use crate::clock::Millis;
 
 fn yes() -> bool {
@@ -19,6 +21,9 @@ pub struct ChannelSpec {
     pub kind: String,
     #[serde(default = "empty_object")]
     pub settings: Value,
+    /// Message templates by field (see `Templates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub matchers: Vec<String>,
     #[serde(default = "yes")]
@@ -88,6 +93,7 @@ pub struct Channel {
     pub user_id: UserId,
     pub channel_id: ChannelId,
     pub settings: ChannelSettings,
+    pub templates: Templates,
     pub matchers: Matchers,
     pub send_resolved: bool,
     pub enabled: bool,
@@ -129,8 +135,9 @@ impl RouteTiming {
 }
 
 impl Channel {
-    /// Parses a channel body: its type, its settings and its matchers (in
-    /// Alertmanager's normal form). Times are the caller's to set.
+    /// Parses a channel body: its type, its settings, its templates' fields
+    /// (whether they run is checked on save, by `crate::templating`) and its
+    /// matchers (in Alertmanager's normal form). Times are the caller's to set.
     pub fn parse(
         user_id: UserId,
         channel_id: ChannelId,
@@ -143,10 +150,12 @@ impl Channel {
                 IntegrationKind::known()
             )
         })?;
+        let settings = ChannelSettings::parse(kind, &spec.settings)?;
         Ok(Channel {
             user_id,
             channel_id,
-            settings: ChannelSettings::parse(kind, &spec.settings)?,
+            templates: Templates::parse(&settings, spec.templates)?,
+            settings,
             matchers: Matchers::parse_all(&spec.matchers)?,
             send_resolved: spec.send_resolved,
             enabled: spec.enabled,
@@ -172,6 +181,7 @@ impl Channel {
         ChannelSpec {
             kind: self.kind().as_str().to_owned(),
             settings: serde_json::to_value(&self.settings).unwrap_or_else(|_| empty_object()),
+            templates: self.templates.to_spec(),
             matchers: self.matchers.to_strings(),
             send_resolved: self.send_resolved,
             enabled: self.enabled,

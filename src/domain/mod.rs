@@ -9,6 +9,7 @@ pub mod outcome;
 pub mod receiver;
 pub mod secret;
 pub mod settings;
+pub mod templates;
 
 pub use alert::{Alert, AlertStatus, WebhookPayload};
 pub use channel::{Channel, ChannelSource, ChannelSpec, RouteTiming};
@@ -19,3 +20,4 @@ pub use outcome::{AttemptResult, MessageState, Reason, UndeliverableReason};
 pub use receiver::{ReceiverName, Target};
 pub use secret::Secret;
 pub use settings::ChannelSettings;
+pub use templates::{TemplateField, Templates};

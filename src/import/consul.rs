@@ -133,6 +133,7 @@ fn channel_for(kind: &str, fields: &BTreeMap<String, String>) -> Result<ChannelS
     Ok(ChannelSpec {
         kind: kind.into(),
         settings,
+        templates: None,
         matchers: vec![],
         send_resolved: true,
         enabled: true,

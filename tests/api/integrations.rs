@@ -28,7 +28,7 @@ on_both_backends!(
     email_permanent_and_transient_failures,
 );
 
-fn telegram_ok() -> Reply {
+pub(crate) fn telegram_ok() -> Reply {
     Reply::new(
         200,
         r#"{"ok":true,"result":{"message_id":42,"chat":{"id":-100123,"type":"supergroup"},"date":1764000000,"text":"..."}}"#,
@@ -51,7 +51,7 @@ async fn telegram_channel(app: &TestApp, api: &Sink, user: &str, extra: Value) {
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
 }
 
-const SEND_MESSAGE: &str = "/bot123456:SECRET-bot-token/sendMessage";
+pub(crate) const SEND_MESSAGE: &str = "/bot123456:SECRET-bot-token/sendMessage";
 
 fn counted(user: &str, integration: &str, outcome: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -254,7 +254,7 @@ async fn telegram_relay_is_billed_as_telegram(backend: Backend) {
     app.stop().await;
 }
 
-fn header<'a>(mail: &'a mailparse::ParsedMail<'a>, name: &str) -> Option<String> {
+pub(crate) fn header<'a>(mail: &'a mailparse::ParsedMail<'a>, name: &str) -> Option<String> {
     mail.headers
         .iter()
         .find(|h| h.get_key().eq_ignore_ascii_case(name))
@@ -332,6 +332,20 @@ async fn email_message_like_alertmanager(backend: Backend) {
     app.stop().await;
 }
 
+/// The one mail sent, once handled, checked for what an injected header
+/// would add: a recipient beyond `to`, a `Bcc`.
+pub(crate) async fn only_mail_to(app: &TestApp, smtp: &SmtpServer, to: &str) -> Mail {
+    smtp.wait_for(1).await;
+    app.wait_idle().await;
+    let mut mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    let m = mails.remove(0);
+    assert_eq!(m.rcpt_tos, [to], "no extra recipient");
+    let parsed = mailparse::parse_mail(m.data.as_bytes()).unwrap();
+    assert!(header(&parsed, "Bcc").is_none(), "{}", m.data);
+    m
+}
+
 async fn email_labels_cannot_inject_headers(backend: Backend) {
     let smtp = SmtpServer::start().await;
     let app = spawn_app_with(&backend, |s| smtp.configure(s)).await;
@@ -346,12 +360,8 @@ async fn email_labels_cannot_inject_headers(backend: Backend) {
     let mut p = payload("default", "g", vec![a]);
     p["groupLabels"] = json!({"alertname": "high_cpu\r\nBcc: evil@example.com\r\nX-Injected: yes"});
     app.post_alerts(&p).await;
-    let mails = smtp.wait_for(1).await;
-    app.wait_idle().await;
-    let m = &mails[0];
-    assert_eq!(m.rcpt_tos, ["ops@example.com"], "no extra recipient");
+    let m = &only_mail_to(&app, &smtp, "ops@example.com").await;
     let parsed = mailparse::parse_mail(m.data.as_bytes()).unwrap();
-    assert!(header(&parsed, "Bcc").is_none(), "{}", m.data);
     assert!(header(&parsed, "X-Injected").is_none(), "{}", m.data);
     let subject = header(&parsed, "Subject").unwrap();
     assert!(!subject.contains('\n') && !subject.contains('\r'));
@@ -448,7 +458,7 @@ pub(crate) fn with_sms(s: &mut notimeter::config::Settings, gateway: &Sink) {
     s.sms.from = Some("+15005550006".into());
 }
 
-fn form(body: &[u8]) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn form(body: &[u8]) -> std::collections::BTreeMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 

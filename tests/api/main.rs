@@ -31,4 +31,5 @@ mod page;
 mod reconcile;
 mod render;
 mod routing;
+mod templates;
 mod units;
