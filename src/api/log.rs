@@ -132,6 +132,10 @@ fn message_view(m: &LoggedMessage) -> Value {
 
 /// `GET /v1/users/{user_id}/messages` (admin, finance): `?state=`, `?since=`,
 /// `?limit=`, `?cursor=`.
+#[utoipa::path(get, path = "/v1/users/{user_id}/messages", tag = "deliveries",
+    params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @"), ("state" = Option<String>, Query, description = "pending, delivered, failed or superseded"), ("since" = Option<String>, Query, description = "RFC 3339: only those at or after"), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the page before")),
+    security(("finance" = []), ("admin" = [])),
+    responses((status = 200, description = "A page of the user's messages, newest first, with their attempts", body = crate::api::openapi::MessageLogDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
 pub async fn user_messages(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
@@ -157,6 +161,10 @@ fn undeliverable_view(u: &LoggedUndeliverable) -> Value {
 }
 
 /// `GET /v1/undeliverable` (admin): `?reason=`, `?since=`, `?limit=`, `?cursor=`.
+#[utoipa::path(get, path = "/v1/undeliverable", tag = "deliveries",
+    params(("reason" = Option<String>, Query, description = "One undeliverable reason"), ("since" = Option<String>, Query, description = "RFC 3339: only those at or after"), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the page before")),
+    security(("admin" = [])),
+    responses((status = 200, description = "A page of undeliverable alerts, newest first", body = crate::api::openapi::UndeliverableListDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc)))]
 pub async fn undeliverable(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -173,6 +181,9 @@ pub async fn undeliverable(
 /// `POST /v1/messages/{message_id}/redeliver` (admin): a failed message
 /// queued again as a new message (billed when it is delivered): 202 with its
 /// id; 404 for no such message; 409 when it is not failed.
+#[utoipa::path(post, path = "/v1/messages/{message_id}/redeliver", tag = "deliveries",
+    params(("message_id" = i64, Path, description = "A failed message")), security(("admin" = [])),
+    responses((status = 202, description = "Queued as a new message", body = crate::api::openapi::RedeliverDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 409, description = "A conflict (see the message)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn redeliver(
     State(state): State<AppState>,
     Path(message_id): Path<String>,

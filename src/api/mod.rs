@@ -6,6 +6,7 @@ pub mod channels;
 pub mod health;
 pub mod ledger;
 pub mod log;
+pub mod openapi;
 pub mod page;
 mod router;
 pub mod stream;

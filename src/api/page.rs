@@ -25,6 +25,8 @@ use crate::ledger::page;
 use crate::state::AppState;
 use crate::store::NewSession;
 
+#[utoipa::path(get, path = "/", tag = "page",
+    responses((status = 200, description = "The finance page (a session cookie or the finance token)", content_type = "text/html", body = String), (status = 303, description = "Not signed in: to /login")))]
 pub async fn index(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -66,6 +68,8 @@ pub async fn index(
     Ok(Html(html).into_response())
 }
 
+#[utoipa::path(get, path = "/login", tag = "page",
+    responses((status = 200, description = "The sign-in form", content_type = "text/html", body = String)))]
 pub async fn login_form() -> Html<String> {
     Html(page::login(None))
 }
@@ -108,6 +112,9 @@ fn client_addr(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<std::
     }
 }
 
+#[utoipa::path(post, path = "/login", tag = "page",
+    request_body(content = crate::api::openapi::LoginDoc, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Signed in: a session cookie, and to /"), (status = 200, description = "A wrong token: the form again", content_type = "text/html", body = String), (status = 429, description = "Too many wrong tokens", body = crate::api::openapi::ErrorDoc)))]
 pub async fn login(
     State(state): State<AppState>,
     info: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -169,6 +176,8 @@ pub async fn login(
 
 /// Deletes the session (so its cookie opens nothing anywhere, on any replica)
 /// and clears the cookie.
+#[utoipa::path(get, path = "/logout", tag = "page",
+    responses((status = 303, description = "Signed out (the session revoked), and to /login")))]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,

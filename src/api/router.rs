@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(page::index))
         .route("/login", get(page::login_form).post(page::login))
         .route("/logout", get(page::logout))
+        .route("/openapi.json", get(super::openapi::openapi_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     Router::new()

@@ -44,6 +44,9 @@ pub fn sample(user: &UserId, channel: &ChannelId, external_url: &str, now: &str)
     .expect("the sample is a valid Alertmanager payload")
 }
 
+#[utoipa::path(post, path = "/v1/users/{user_id}/channels/{channel_id}/test", tag = "deliveries",
+    params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @"), ("channel_id" = String, Path, description = "1 to 128 letters, digits, _ - . @")), security(("admin" = [])),
+    responses((status = 200, description = "Sent once, now: its outcome (not stored, not billed)", body = crate::api::openapi::TestSendDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
 pub async fn test(
     State(state): State<AppState>,
     Path((user_id, channel_id)): Path<(String, String)>,

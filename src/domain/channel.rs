@@ -14,12 +14,16 @@ fn yes() -> bool {
 }
 
 /// The channel body of `PUT /v1/users/{user_id}/channels/{channel_id}`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
+    /// The integration: email, slack, sms, telegram or webhook.
     #[serde(rename = "type")]
+    #[schema(example = "webhook")]
     pub kind: String,
+    /// The integration's settings (README, "Channels"); secrets read back as `"<secret>"`.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object, example = json!({"url": "https://hooks.example.com/alerts"}))]
     pub settings: Value,
     /// Message templates by field (see `Templates`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -111,6 +111,9 @@ pub async fn limit(State(limit): State<IngestLimit>, mut request: Request, next:
 pub struct IngestTurn(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, OwnedSemaphorePermit)>);
 
 #[instrument(skip_all, fields(receiver, group_key, alerts))]
+#[utoipa::path(post, path = "/v1/alertmanager", tag = "ingest",
+    request_body = crate::api::openapi::AlertmanagerPayloadDoc, security(("ingest" = [])),
+    responses((status = 200, description = "Stored (or a duplicate)", body = crate::api::openapi::IngestDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 408, description = "The body did not arrive in time", body = crate::api::openapi::ErrorDoc), (status = 413, description = "The body is too large", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot take it now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn alertmanager(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -25,6 +25,7 @@ mod limits;
 mod log;
 mod login;
 mod metering;
+mod openapi;
 mod order;
 mod outage;
 mod page;
