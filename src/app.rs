@@ -39,10 +39,27 @@ pub async fn open_store(settings: &Settings, clock: &Clock) -> anyhow::Result<Ar
     Ok(store)
 }
 
+/// Opens the store for a one-shot verb (`ledger`, `render`, `import`): an
+/// existing database only. Run in the wrong folder, such a verb would
+/// otherwise create an empty SQLite file there and report nothing to do.
+pub async fn open_existing_store(settings: &Settings, clock: &Clock) -> anyhow::Result<Arc<Store>> {
+    if let Some(path) = store::sqlite_file(&settings.database_url) {
+        if !path.exists() {
+            bail!(
+                "no database at {} (database_url = {:?}): run this where the service's database is, \
+                 point database_url (NOTIMETER_DATABASE_URL) at it, or create one with `notimeter migrate`",
+                path.display(),
+                settings.database_url
+            );
+        }
+    }
+    open_store(settings, clock).await
+}
+
 /// The ledger on its own, for the CLI's `ledger` verbs.
 pub async fn open_ledger(settings: Settings) -> anyhow::Result<Ledger> {
     let clock = Clock::system();
-    let store = open_store(&settings, &clock).await?;
+    let store = open_existing_store(&settings, &clock).await?;
     Ok(Ledger::new(store, Arc::new(settings), None, clock))
 }
 
@@ -90,7 +107,8 @@ impl Application {
         {
             bail!(
                 "refusing to listen on {} with a role left open: set ingest_token, admin_token and \
-                 finance_token, or allow_insecure = true",
+                 finance_token (in the config file, or NOTIMETER_INGEST_TOKEN, NOTIMETER_ADMIN_TOKEN \
+                 and NOTIMETER_FINANCE_TOKEN), or allow_insecure = true (NOTIMETER_ALLOW_INSECURE=true)",
                 settings.listen
             );
         }

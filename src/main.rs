@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("notimeter: invalid configuration: {e}");
+            eprintln!("notimeter: invalid configuration: {}", describe(&e));
             return ExitCode::from(2);
         }
     };
@@ -45,10 +45,22 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once, as one line: what went wrong and its causes (never a
+        // backtrace, whatever RUST_BACKTRACE says: it is for panics).
         Err(e) => {
-            tracing::error!(error = ?e, "notimeter failed");
             eprintln!("notimeter: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A settings error, with where the setting is set: its TOML key and its
+/// environment variable (`[dispatch] workers` is `NOTIMETER_DISPATCH__WORKERS`).
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    if key.is_empty() {
+        return e.to_string();
+    }
+    let var = format!("NOTIMETER_{}", e.path.join("__").to_ascii_uppercase());
+    format!("{e} (set `{key}` in the --config file, or {var})")
 }

@@ -27,7 +27,7 @@ pub async fn consul_export(
         (None, None) => anyhow::bail!("give an export file or --from-consul"),
     };
     let clock = Clock::system();
-    let store = crate::app::open_store(settings, &clock).await?;
+    let store = crate::app::open_existing_store(settings, &clock).await?;
     let report = consul::sync(&store, settings, &clock, &entries, options).await?;
     if let Some(why) = &report.refused {
         anyhow::bail!("{why}; run with --force to delete them anyway");

@@ -8,7 +8,7 @@ use crate::config::Settings;
 use crate::render::publish::{self, Published, Renderer};
 
 pub async fn run(settings: &Settings, args: &RenderArgs) -> anyhow::Result<()> {
-    let store = crate::app::open_store(settings, &crate::clock::Clock::system()).await?;
+    let store = crate::app::open_existing_store(settings, &crate::clock::Clock::system()).await?;
     let renderer = Renderer {
         store: &store,
         settings,

@@ -168,6 +168,15 @@ pub struct Store {
     stats_refreshed: Arc<std::sync::atomic::AtomicI64>,
 }
 
+/// The file a `sqlite:` URL names (none for other databases and in-memory ones).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory")).then(|| path.into())
+}
+
 /// Opens (creating it if needed) the database named by `url`, on the system clock.
 pub async fn connect(url: &str) -> Result<Arc<Store>> {
     connect_with_clock(url, Clock::system()).await

@@ -9,6 +9,7 @@ mod helpers;
 mod alertmanager;
 mod cancel;
 mod channels;
+mod cli;
 mod connections;
 mod consul;
 mod delivery;
