@@ -209,6 +209,7 @@ impl Application {
         if let Err(e) = state.ledger.ensure_reports().await {
             error!(error = ?e, "writing missing reports failed");
         }
+        state.metrics.ledger_closes_started();
         let closes = tokio::spawn(scheduler::run_closes(
             state.ledger.clone(),
             shutdown.clone(),
@@ -319,6 +320,9 @@ async fn run_renderer(state: AppState, shutdown: CancellationToken) {
     if settings.render.output.is_none() {
         return;
     }
+    state
+        .metrics
+        .renderer_started(settings.render.alertmanager_url.is_some());
     let renderer = crate::render::publish::Renderer {
         store: &state.store,
         settings: &settings,

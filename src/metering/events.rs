@@ -65,6 +65,14 @@ pub enum RenderResult {
 }
 
 impl RenderResult {
+    pub const ALL: [RenderResult; 5] = [
+        RenderResult::Published,
+        RenderResult::Unchanged,
+        RenderResult::Rejected,
+        RenderResult::ReloadFailed,
+        RenderResult::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RenderResult::Published => "published",
@@ -115,6 +123,8 @@ enum CloseResult {
 }
 
 impl CloseResult {
+    const ALL: [CloseResult; 2] = [CloseResult::Success, CloseResult::Error];
+
     fn as_str(self) -> &'static str {
         match self {
             CloseResult::Success => "success",
@@ -131,6 +141,8 @@ enum ReloadResult {
 }
 
 impl ReloadResult {
+    const ALL: [ReloadResult; 2] = [ReloadResult::Success, ReloadResult::Failure];
+
     fn as_str(self) -> &'static str {
         match self {
             ReloadResult::Success => "success",
@@ -290,6 +302,14 @@ impl Metrics {
 
     // Ledger.
 
+    /// The close schedule started: both results' series exist from the first
+    /// scrape, so a rule on `increase(...{result="error"})` sees the first error.
+    pub fn ledger_closes_started(&self) {
+        for result in CloseResult::ALL {
+            self.ledger_closes.with_label_values(&[result.as_str()]);
+        }
+    }
+
     /// The open period closed and its report written; `opened_id` is the
     /// period that counting goes on in. The closed period's id is a field of
     /// the ledger's span.
@@ -388,6 +408,20 @@ impl Metrics {
     }
 
     // Render.
+
+    /// The renderer started (`render.output` set): every render result's
+    /// series exists from the first scrape, and with an Alertmanager to
+    /// reload (`reloads`), every reload result's too.
+    pub fn renderer_started(&self, reloads: bool) {
+        for result in RenderResult::ALL {
+            self.render_total.with_label_values(&[result.as_str()]);
+        }
+        if reloads {
+            for result in ReloadResult::ALL {
+                self.reload_total.with_label_values(&[result.as_str()]);
+            }
+        }
+    }
 
     /// A rendered candidate: `channels` in it, and the channels left out as
     /// (user_id, channel_id, reason).
@@ -692,6 +726,45 @@ mod tests {
             "two channels left out, one failed reload"
         );
         assert!(log.contains(&(Level::INFO, LEDGER, "billing period closed".into())));
+    }
+
+    #[test]
+    fn started_tasks_show_their_results_at_zero() {
+        let m = Metrics::new(10);
+        assert_eq!(
+            sample(&m, "notimeter_ledger_closes_total", &[("result", "error")]),
+            None
+        );
+        m.ledger_closes_started();
+        m.renderer_started(false);
+        for r in ["success", "error"] {
+            assert_eq!(
+                value(&m, "notimeter_ledger_closes_total", &[("result", r)]),
+                0.0
+            );
+        }
+        for r in RenderResult::ALL {
+            assert_eq!(
+                value(&m, "notimeter_render_total", &[("result", r.as_str())]),
+                0.0
+            );
+        }
+        assert_eq!(
+            sample(
+                &m,
+                "notimeter_alertmanager_reload_total",
+                &[("result", "failure")]
+            ),
+            None,
+            "no Alertmanager to reload: no reload series"
+        );
+        m.renderer_started(true);
+        for r in ["success", "failure"] {
+            assert_eq!(
+                value(&m, "notimeter_alertmanager_reload_total", &[("result", r)]),
+                0.0
+            );
+        }
     }
 
     #[test]
