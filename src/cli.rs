@@ -33,6 +33,13 @@ pub enum Command {
     /// Import channels from elsewhere.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// A local webhook receiver for trying notimeter out: prints every request
+    /// it gets (a webhook channel pointed at it) and answers 200.
+    Receive {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9099")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 // The options of `render` (no doc comment: the verb's own is its help).

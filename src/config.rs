@@ -677,6 +677,13 @@ impl Default for PageSettings {
 /// Environment variables under `NOTIMETER_` that are not settings.
 const RESERVED_ENV: &[&str] = &["config", "test_"];
 
+/// Why a render is refused when its receivers could not authenticate.
+pub const UNAUTHENTICATED_RENDER: &str =
+    "ingest_token is set but render.credentials_file is not: Alertmanager would post without the \
+     token and notimeter would refuse every notification (401). Put the ingest token in a file \
+     Alertmanager can read and set render.credentials_file (NOTIMETER_RENDER__CREDENTIALS_FILE) to \
+     its path as Alertmanager sees it";
+
 impl Settings {
     /// Defaults, then the TOML file (if any), then `NOTIMETER_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
@@ -703,6 +710,12 @@ impl Settings {
             .validate()
             .map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(settings)
+    }
+
+    /// Whether a rendered Alertmanager configuration would post without the
+    /// ingest token that ingest requires.
+    pub fn render_is_unauthenticated(&self) -> bool {
+        self.ingest_token.is_some() && self.render.credentials_file.is_none()
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -738,6 +751,9 @@ impl Settings {
             ));
         }
         self.reconcile.validate()?;
+        if self.render.output.is_some() && self.render_is_unauthenticated() {
+            return Err(UNAUTHENTICATED_RENDER.into());
+        }
         if self.retention.interval.is_zero() {
             return Err("retention.interval must be longer than 0s".into());
         }

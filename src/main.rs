@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
             commands::ledger::export(settings, &period, output.as_deref()).await
         }
         Command::Render(args) => commands::render::run(&settings, &args).await,
+        Command::Receive { listen } => commands::receive::run(listen).await,
         Command::Import(ImportCommand::ConsulExport {
             file,
             from_consul,

@@ -6,5 +6,6 @@
 pub mod import;
 pub mod ledger;
 pub mod migrate;
+pub mod receive;
 pub mod render;
 pub mod serve;

@@ -46,6 +46,17 @@ pub enum RenderError {
     Store(#[from] StoreError),
     #[error("the rendered configuration is invalid: {0}")]
     Invalid(String),
+    #[error("{}", crate::config::UNAUTHENTICATED_RENDER)]
+    Unauthenticated,
+}
+
+/// Refuses a configuration whose receivers could not authenticate: with an
+/// ingest token, every receiver must send it (from `credentials_file`).
+pub fn check_auth(settings: &Settings) -> Result<(), RenderError> {
+    if settings.render_is_unauthenticated() {
+        return Err(RenderError::Unauthenticated);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, PartialEq)]

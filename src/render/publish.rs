@@ -239,6 +239,7 @@ pub struct Renderer<'a> {
 
 impl Renderer<'_> {
     pub async fn candidate(&self) -> Result<Candidate, PublishError> {
+        super::check_auth(self.settings)?;
         let base = load_base(self.settings.render.base_config.as_deref())?;
         let candidate = render(self.store, self.settings, base).await?;
         self.metrics().render_candidate(

@@ -104,3 +104,117 @@ fn test_variables_are_not_settings() {
     assert!(!out.status.success(), "an unknown setting is refused");
     assert!(stderr.contains("no_such"), "{stderr}");
 }
+
+#[test]
+fn a_render_that_could_not_authenticate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(notimeter(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    // The CLI renders to standard output; serve would render to a file.
+    let out = notimeter(dir.path())
+        .args(["render", "--dry-run"])
+        .env("NOTIMETER_INGEST_TOKEN", "secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("render.credentials_file") && stderr.contains("401"),
+        "{stderr}"
+    );
+    let out = notimeter(dir.path())
+        .arg("serve")
+        .env("NOTIMETER_INGEST_TOKEN", "secret")
+        .env("NOTIMETER_RENDER__OUTPUT", dir.path().join("am.yml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "refused when the settings load: {stderr}"
+    );
+    assert!(
+        stderr.contains("NOTIMETER_RENDER__CREDENTIALS_FILE"),
+        "{stderr}"
+    );
+    // With the file named, the render goes through.
+    let out = notimeter(dir.path())
+        .args(["render", "--dry-run"])
+        .env("NOTIMETER_INGEST_TOKEN", "secret")
+        .env(
+            "NOTIMETER_RENDER__CREDENTIALS_FILE",
+            "/etc/alertmanager/notimeter-ingest-token",
+        )
+        .env("NOTIMETER_RENDER__AMTOOL", "")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("credentials_file: /etc/alertmanager/notimeter-ingest-token"),
+        "{stdout}"
+    );
+}
+
+/// The README's quick start: `notimeter receive` stands in for a customer's
+/// webhook and `examples/alert.json` for Alertmanager; the notification is
+/// delivered to it, counted and billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_ends_with_a_delivered_billed_notification() {
+    use crate::helpers::*;
+    use std::io::BufRead;
+
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = notimeter(dir.path())
+        .args(["receive", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = receiver.stdout.take().unwrap();
+    let _receiver = KillOnDrop(receiver);
+    let (lines, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let app = spawn_app_with(&Backend::Sqlite, |s| {
+        s.billing.prices.insert(
+            notimeter::domain::IntegrationKind::Webhook,
+            "0.01".parse().unwrap(),
+        );
+    })
+    .await;
+    wait_for_ok("the receiver", &format!("http://127.0.0.1:{port}/ready")).await;
+    app.add_webhook("u1", "hook", &format!("http://127.0.0.1:{port}/u1"))
+        .await;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/alert.json");
+    let payload: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(example).unwrap()).unwrap();
+    assert_eq!(app.post_alerts(&payload).await.status(), 200);
+    app.wait_idle().await;
+    let mut printed = String::new();
+    while !(printed.contains("--- POST /u1") && printed.contains("DiskFull")) {
+        match got.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => printed.push_str(&line),
+            Err(_) => panic!("the receiver did not print the notification: {printed}"),
+        }
+    }
+    let usage = app.get_json("/v1/usage", FINANCE_TOKEN).await;
+    assert_eq!(usage["usage"][0]["delivered"], 1, "{usage}");
+    assert_eq!(usage["total"], "0.01", "{usage}");
+    app.stop().await;
+}

@@ -570,6 +570,7 @@ async fn a_burst_of_channel_changes_gives_one_render() {
     let out_path = dir.path().join("am.yml");
     let app = spawn_app_with(&Backend::Sqlite, |s| {
         s.render.output = Some(out_path.clone());
+        s.render.credentials_file = Some("/etc/alertmanager/token".into());
         s.render.amtool = String::new();
         s.render.debounce = Duration::from_millis(400);
     })
