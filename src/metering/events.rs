@@ -151,7 +151,33 @@ impl ReloadResult {
     }
 }
 
+/// The webhook route's answers that a rule may watch from the first scrape.
+const WEBHOOK_CODES: [u16; 8] = [200, 400, 401, 403, 408, 413, 422, 503];
+
 impl Metrics {
+    /// The label sets known up front, at 0, as Alertmanager does: so that
+    /// `rate()` and `increase()` in rules and dashboards work from the first
+    /// scrape, and see the first failure. (Series with a `user_id` appear
+    /// with their user.)
+    pub(super) fn known_series_at_zero(&self) {
+        for integration in IntegrationKind::ALL {
+            let results = std::iter::once("success").chain(Reason::ALL.iter().map(|r| r.as_str()));
+            for result in results {
+                let labels = [integration.as_str(), result];
+                self.delivery_attempts.with_label_values(&labels);
+                self.test_sends.with_label_values(&labels);
+            }
+        }
+        for reason in UndeliverableReason::ALL {
+            self.alerts_undeliverable
+                .with_label_values(&[reason.as_str()]);
+        }
+        for code in WEBHOOK_CODES {
+            let code = StatusCode::from_u16(code).expect("a valid status code");
+            self.webhook_requests.with_label_values(&[code.as_str()]);
+        }
+    }
+
     // Ingest.
 
     /// An answer to the webhook route, refusals and body timeouts included.
@@ -508,6 +534,35 @@ mod tests {
             }
             prometheus_parse::Value::Summary(_) => unreachable!("no summaries"),
         })
+    }
+
+    #[test]
+    fn known_label_sets_exist_at_zero() {
+        let m = Metrics::new(10);
+        let attempts = |i, r| {
+            sample(
+                &m,
+                "notimeter_delivery_attempts_total",
+                &[("integration", i), ("result", r)],
+            )
+        };
+        assert_eq!(attempts("webhook", "success"), Some(0.0));
+        assert_eq!(attempts("sms", "rateLimited"), Some(0.0));
+        let undeliverable =
+            |r| sample(&m, "notimeter_alerts_undeliverable_total", &[("reason", r)]);
+        assert_eq!(undeliverable("no_channel"), Some(0.0));
+        assert_eq!(
+            sample(&m, "notimeter_webhook_requests_total", &[("code", "503")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &m,
+                "notimeter_test_sends_total",
+                &[("integration", "slack"), ("result", "success")]
+            ),
+            Some(0.0)
+        );
     }
 
     fn value(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {

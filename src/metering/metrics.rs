@@ -86,7 +86,7 @@ impl Metrics {
     /// longer than most functions, and clearer in one piece.)
     pub fn new(max_user_series: usize) -> Self {
         let r = Registry::new();
-        Self {
+        let metrics = Self {
             notifications: counters(
                 &r,
                 "notimeter_notifications_total",
@@ -255,7 +255,9 @@ impl Metrics {
             registry: r,
             users: Mutex::new(HashSet::new()),
             max_user_series,
-        }
+        };
+        metrics.known_series_at_zero();
+        metrics
     }
 
     /// Metrics that no `/metrics` serves, for the CLI's one-shot verbs
