@@ -437,6 +437,19 @@ impl StoppedApp {
     }
 }
 
+/// Closes the open billing period now (admin), asserting 200: `{"closed", "opened"}`.
+pub async fn close_now(app: &TestApp) -> Value {
+    let r = app
+        .http
+        .post(app.url("/v1/ledger/close"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
 /// Reads one sample from Prometheus text (labels must match exactly).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let lines = text.lines().map(|l| Ok::<_, std::io::Error>(l.to_owned()));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use notimeter::domain::IntegrationKind;
 use serde_json::{json, Value};
 
+use crate::helpers::close_now as close;
 use crate::helpers::*;
 use crate::on_both_backends;
 
@@ -24,18 +25,6 @@ on_both_backends!(
     a_corrupt_frozen_price_fails_the_download_instead_of_billing_zero,
     a_period_without_messages_downloads_as_a_header_only_csv,
 );
-
-async fn close(app: &TestApp) -> Value {
-    let r = app
-        .http
-        .post(app.url("/v1/ledger/close"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
 
 async fn settle(app: &TestApp, user: &str) -> Value {
     let r = app

@@ -45,14 +45,14 @@ struct Samples<'a> {
 }
 
 impl Samples<'_> {
-    async fn call(
+    /// Calls `(method, template, path)`, asserting the status; the body.
+    async fn expect(
         &mut self,
-        method: &str,
-        template: &str,
-        path: &str,
+        status: u16,
+        (method, template, path): (&str, &str, &str),
         token: Option<&str>,
         body: Option<Value>,
-    ) -> (u16, Value) {
+    ) -> Value {
         let mut r = self
             .app
             .http
@@ -64,7 +64,7 @@ impl Samples<'_> {
             r = r.json(&b);
         }
         let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
+        let got = r.status().as_u16();
         let json = r
             .headers()
             .get("content-type")
@@ -75,8 +75,9 @@ impl Samples<'_> {
             Value::Null
         };
         self.taken
-            .push(json!({"method": method, "path": template, "status": status, "body": body}));
-        (status, body)
+            .push(json!({"method": method, "path": template, "status": got, "body": body}));
+        assert_eq!(got, status, "{method} {path}: {body}");
+        body
     }
 }
 
@@ -99,360 +100,130 @@ async fn the_openapi_document_is_valid_and_describes_every_route_and_answer() {
         taken: Vec::new(),
     };
     const CH: &str = "/v1/users/{user_id}/channels/{channel_id}";
+    let (admin, finance, ingest) = (Some(ADMIN_TOKEN), Some(FINANCE_TOKEN), Some(INGEST_TOKEN));
     let hook = json!({"type": "webhook", "settings": {"url": sink.url("/u1")}});
-    assert_eq!(
-        s.call(
-            "put",
-            CH,
-            "/v1/users/u1/channels/hook",
-            Some(ADMIN_TOKEN),
-            Some(hook.clone())
-        )
-        .await
-        .0,
-        201
-    );
-    assert_eq!(
-        s.call(
-            "put",
-            CH,
-            "/v1/users/u1/channels/hook",
-            Some(ADMIN_TOKEN),
-            Some(hook)
-        )
-        .await
-        .0,
-        200
-    );
+    let put = ("put", CH, "/v1/users/u1/channels/hook");
+    s.expect(201, put, admin, Some(hook.clone())).await;
+    s.expect(200, put, admin, Some(hook)).await;
     let bad = json!({"type": "pager", "settings": {}});
-    assert_eq!(
-        s.call(
-            "put",
-            CH,
-            "/v1/users/u1/channels/x",
-            Some(ADMIN_TOKEN),
-            Some(bad)
-        )
-        .await
-        .0,
-        422
+    s.expect(
+        422,
+        ("put", CH, "/v1/users/u1/channels/x"),
+        admin,
+        Some(bad),
+    )
+    .await;
+    s.expect(200, ("get", CH, "/v1/users/u1/channels/hook"), admin, None)
+        .await;
+    s.expect(404, ("get", CH, "/v1/users/u1/channels/nope"), admin, None)
+        .await;
+    let list = (
+        "get",
+        "/v1/users/{user_id}/channels",
+        "/v1/users/u1/channels",
     );
-    assert_eq!(
-        s.call(
-            "get",
-            CH,
-            "/v1/users/u1/channels/hook",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "get",
-            CH,
-            "/v1/users/u1/channels/nope",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        s.call(
-            "get",
-            "/v1/users/{user_id}/channels",
-            "/v1/users/u1/channels",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
+    s.expect(200, list, admin, None).await;
     let p = payload(
         "default",
         "g",
         vec![alert("disk", Some("u1"), "f"), alert("cpu", None, "g")],
     );
-    assert_eq!(
-        s.call(
-            "post",
-            "/v1/alertmanager",
-            "/v1/alertmanager",
-            Some(INGEST_TOKEN),
-            Some(p.clone())
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "post",
-            "/v1/alertmanager",
-            "/v1/alertmanager",
-            Some(INGEST_TOKEN),
-            Some(p)
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "post",
-            "/v1/alertmanager",
-            "/v1/alertmanager",
-            None,
-            Some(json!({}))
-        )
-        .await
-        .0,
-        401
-    );
+    let ingest_route = ("post", "/v1/alertmanager", "/v1/alertmanager");
+    s.expect(200, ingest_route, ingest, Some(p.clone())).await;
+    s.expect(200, ingest_route, ingest, Some(p)).await;
+    s.expect(401, ingest_route, None, Some(json!({}))).await;
     sink.wait_for("/u1", 1).await;
     app.wait_idle().await;
-    let log = "/v1/users/{user_id}/messages";
-    let (_, page) = s
-        .call(
-            "get",
-            log,
-            "/v1/users/u1/messages",
-            Some(FINANCE_TOKEN),
-            None,
-        )
+
+    const LOG: &str = "/v1/users/{user_id}/messages";
+    let page = s
+        .expect(200, ("get", LOG, "/v1/users/u1/messages"), finance, None)
         .await;
-    assert_eq!(
-        s.call(
-            "get",
-            log,
-            "/v1/users/u1/messages?limit=0",
-            Some(FINANCE_TOKEN),
-            None
-        )
-        .await
-        .0,
-        400
+    s.expect(
+        400,
+        ("get", LOG, "/v1/users/u1/messages?limit=0"),
+        finance,
+        None,
+    )
+    .await;
+    let undeliverable = ("get", "/v1/undeliverable", "/v1/undeliverable");
+    s.expect(200, undeliverable, admin, None).await;
+    s.expect(403, undeliverable, finance, None).await;
+    const RE: &str = "/v1/messages/{message_id}/redeliver";
+    let failed = format!(
+        "/v1/messages/{}/redeliver",
+        page["messages"][0]["message_id"]
     );
-    assert_eq!(
-        s.call(
-            "get",
-            "/v1/undeliverable",
-            "/v1/undeliverable",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "get",
-            "/v1/undeliverable",
-            "/v1/undeliverable",
-            Some(FINANCE_TOKEN),
-            None
-        )
-        .await
-        .0,
-        403
-    );
-    let failed = page["messages"][0]["message_id"].as_i64().unwrap();
-    let re = "/v1/messages/{message_id}/redeliver";
-    assert_eq!(
-        s.call(
-            "post",
-            re,
-            &format!("/v1/messages/{failed}/redeliver"),
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        202
-    );
+    s.expect(202, ("post", RE, &failed), admin, None).await;
     sink.wait_for("/u1", 2).await;
     app.wait_idle().await;
-    assert_eq!(
-        s.call(
-            "post",
-            re,
-            &format!("/v1/messages/{failed}/redeliver"),
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        202
-    );
-    app.wait_idle().await;
-    let (_, page) = s
-        .call("get", log, "/v1/users/u1/messages", Some(ADMIN_TOKEN), None)
+    let page = s
+        .expect(200, ("get", LOG, "/v1/users/u1/messages"), admin, None)
         .await;
-    let delivered = page["messages"][0]["message_id"].as_i64().unwrap();
-    assert_eq!(
-        s.call(
-            "post",
-            re,
-            &format!("/v1/messages/{delivered}/redeliver"),
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        409
+    let delivered = format!(
+        "/v1/messages/{}/redeliver",
+        page["messages"][0]["message_id"]
     );
+    s.expect(409, ("post", RE, &delivered), admin, None).await;
     let test = "/v1/users/{user_id}/channels/{channel_id}/test";
-    assert_eq!(
-        s.call(
-            "post",
-            test,
-            "/v1/users/u1/channels/hook/test",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call("get", "/v1/usage", "/v1/usage", Some(FINANCE_TOKEN), None)
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "get",
-            "/v1/ledger/current.csv",
-            "/v1/ledger/current.csv",
-            Some(FINANCE_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "post",
-            "/v1/ledger/close",
-            "/v1/ledger/close",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "post",
-            "/v1/ledger/close",
-            "/v1/ledger/close",
-            Some(FINANCE_TOKEN),
-            None
-        )
-        .await
-        .0,
-        403
-    );
-    let settle = "/v1/users/{user_id}/settle";
-    assert_eq!(
-        s.call(
-            "post",
-            settle,
-            "/v1/users/u1/settle",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    let (_, periods) = s
-        .call(
-            "get",
-            "/v1/ledger/periods",
-            "/v1/ledger/periods",
-            Some(FINANCE_TOKEN),
-            None,
-        )
-        .await;
+    s.expect(
+        200,
+        ("post", test, "/v1/users/u1/channels/hook/test"),
+        admin,
+        None,
+    )
+    .await;
+
+    for (method, path) in [("get", "/v1/usage"), ("get", "/v1/ledger/current.csv")] {
+        s.expect(200, (method, path, path), finance, None).await;
+    }
+    let close = ("post", "/v1/ledger/close", "/v1/ledger/close");
+    s.expect(200, close, admin, None).await;
+    s.expect(403, close, finance, None).await;
+    let settle = ("post", "/v1/users/{user_id}/settle", "/v1/users/u1/settle");
+    s.expect(200, settle, admin, None).await;
+    let periods = ("get", "/v1/ledger/periods", "/v1/ledger/periods");
+    let periods = s.expect(200, periods, finance, None).await;
     let id = periods["periods"][0]["period_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(
-        s.call(
-            "get",
-            "/v1/ledger/periods/{file}",
-            &format!("/v1/ledger/periods/{id}.csv"),
-            Some(FINANCE_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "get",
-            "/v1/ledger/periods/{file}",
-            "/v1/ledger/periods/nope.csv",
-            Some(FINANCE_TOKEN),
-            None
-        )
-        .await
-        .0,
-        404
-    );
-    let items = "/v1/ledger/periods/{id}/items.csv";
-    assert_eq!(
-        s.call(
-            "get",
-            items,
-            &format!("/v1/ledger/periods/{id}/items.csv"),
-            Some(FINANCE_TOKEN),
-            None
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        s.call(
-            "delete",
-            CH,
-            "/v1/users/u1/channels/hook",
-            Some(ADMIN_TOKEN),
-            None
-        )
-        .await
-        .0,
-        204
-    );
-    for (method, path) in [
-        ("get", "/healthz"),
-        ("get", "/readyz"),
-        ("get", "/metrics"),
-        ("get", "/login"),
-    ] {
-        assert_eq!(
-            s.call(method, path, path, None, None).await.0,
-            200,
-            "{path}"
-        );
+    const FILE: &str = "/v1/ledger/periods/{file}";
+    s.expect(
+        200,
+        ("get", FILE, &format!("/v1/ledger/periods/{id}.csv")),
+        finance,
+        None,
+    )
+    .await;
+    s.expect(
+        404,
+        ("get", FILE, "/v1/ledger/periods/nope.csv"),
+        finance,
+        None,
+    )
+    .await;
+    let items = format!("/v1/ledger/periods/{id}/items.csv");
+    s.expect(
+        200,
+        ("get", "/v1/ledger/periods/{id}/items.csv", &items),
+        finance,
+        None,
+    )
+    .await;
+    s.expect(
+        204,
+        ("delete", CH, "/v1/users/u1/channels/hook"),
+        admin,
+        None,
+    )
+    .await;
+    for path in ["/healthz", "/readyz", "/metrics", "/login"] {
+        s.expect(200, ("get", path, path), None, None).await;
     }
-    let (status, document) = s
-        .call("get", "/openapi.json", "/openapi.json", None, None)
+    let document = s
+        .expect(200, ("get", "/openapi.json", "/openapi.json"), None, None)
         .await;
-    assert_eq!(status, 200);
     assert!(
         document["openapi"].as_str().unwrap().starts_with("3.1"),
         "{}",

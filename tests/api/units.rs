@@ -5,6 +5,7 @@
 use notimeter::domain::IntegrationKind;
 use serde_json::{json, Value};
 
+use crate::helpers::close_now as close;
 use crate::helpers::*;
 use crate::integrations::{twilio_created, with_sms, TWILIO_PATH};
 use crate::on_both_backends;
@@ -13,18 +14,6 @@ on_both_backends!(
     sms_bills_its_segments_and_totals_round_to_the_minor_unit,
     reports_of_periods_closed_before_units_keep_their_columns,
 );
-
-async fn close(app: &TestApp) -> Value {
-    let r = app
-        .http
-        .post(app.url("/v1/ledger/close"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
 
 fn usage_row<'a>(usage: &'a Value, integration: &str) -> &'a Value {
     usage["usage"]
