@@ -29,7 +29,7 @@ pub const HEADER: [&str; 11] = [
 /// The column that periods closed before billing units existed do not have.
 const UNITS_COLUMN: usize = 7;
 
-pub const ITEMS_HEADER: [&str; 10] = [
+pub const ITEMS_HEADER: [&str; 11] = [
     "period_id",
     "message_id",
     "final_at",
@@ -40,6 +40,7 @@ pub const ITEMS_HEADER: [&str; 10] = [
     "outcome",
     "attempts",
     "last_reason",
+    "segments",
 ];
 
 /// Prefixes `'` to a text cell starting with `=`, `+`, `-`, `@`, tab or CR.
@@ -240,6 +241,7 @@ pub fn write_item<W: std::io::Write>(
         item.outcome.as_str(),
         &item.attempts.to_string(),
         formula_safe(item.last_reason.as_deref().unwrap_or("")).as_ref(),
+        &item.segments.map(|n| n.to_string()).unwrap_or_default(),
     ])
 }
 

@@ -453,7 +453,7 @@ impl Store {
     pub fn items<'a>(&'a self, period_id: &'a str) -> BoxStream<'a, Result<ItemRow>> {
         on!(self.reader(), |c| sqlx::query_as::<_, ItemRow>(
             "SELECT id AS message_id, final_at, user_id, integration, channel_id, alertnames, \
-               state AS outcome, attempts, last_reason \
+               state AS outcome, attempts, last_reason, segments \
              FROM messages WHERE period_id = $1 ORDER BY final_at, id",
         )
         .bind(period_id)

@@ -181,6 +181,8 @@ pub struct ItemRow {
     pub outcome: MessageState,
     pub attempts: i64,
     pub last_reason: Option<String>,
+    /// An SMS's segments (what it bills with `sms_unit = "segment"`).
+    pub segments: Option<i64>,
 }
 
 /// Prices to freeze into a closing period's rows.

@@ -517,7 +517,8 @@ async fn hostile_values_in_the_itemized_export(backend: Backend) {
             "alertnames",
             "outcome",
             "attempts",
-            "last_reason"
+            "last_reason",
+            "segments"
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
