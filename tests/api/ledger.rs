@@ -26,27 +26,11 @@ on_both_backends!(
 );
 
 async fn close(app: &TestApp) -> Value {
-    let r = app
-        .http
-        .post(app.url("/v1/ledger/close"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    app.close_period().await
 }
 
 async fn settle(app: &TestApp, user: &str) -> Value {
-    let r = app
-        .http
-        .post(app.url(&format!("/v1/users/{user}/settle")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    r.json::<Value>().await.unwrap()["statement"].clone()
+    app.settle(user).await["statement"].clone()
 }
 
 async fn periods(app: &TestApp) -> Vec<Value> {

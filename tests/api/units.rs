@@ -15,15 +15,7 @@ on_both_backends!(
 );
 
 async fn close(app: &TestApp) -> Value {
-    let r = app
-        .http
-        .post(app.url("/v1/ledger/close"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    app.close_period().await
 }
 
 fn usage_row<'a>(usage: &'a Value, integration: &str) -> &'a Value {
