@@ -435,7 +435,8 @@ mod cron_schedule {
     }
 }
 
-/// `billing.timezone`: an IANA name, read once, written back as that name.
+/// `billing.timezone` and `page.timezone`: IANA names, read once, written
+/// back as those names.
 mod time_zone {
     use chrono_tz::Tz;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -445,12 +446,34 @@ mod time_zone {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
-        let name = String::deserialize(d)?;
+        parse("billing.timezone", String::deserialize(d)?)
+    }
+
+    fn parse<E: serde::de::Error>(key: &str, name: String) -> Result<Tz, E> {
         name.parse().map_err(|_| {
-            serde::de::Error::custom(format!(
-                "billing.timezone {name:?} is not an IANA time zone such as Europe/Berlin"
+            E::custom(format!(
+                "{key} {name:?} is not an IANA time zone such as Europe/Berlin"
             ))
         })
+    }
+
+    /// `page.timezone`: unset, or an IANA name.
+    pub mod optional {
+        use chrono_tz::Tz;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(tz: &Option<Tz>, s: S) -> Result<S::Ok, S::Error> {
+            match tz {
+                Some(tz) => super::serialize(tz, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Tz>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|name| super::parse("page.timezone", name))
+                .transpose()
+        }
     }
 }
 
@@ -661,6 +684,10 @@ pub struct PageSettings {
     pub login_failures: u32,
     #[serde(with = "humantime_serde")]
     pub login_window: Duration,
+    /// The time zone the page shows dates in and names periods by (IANA
+    /// name). Unset: `billing.timezone`'s; see [`Settings::page_timezone`].
+    #[serde(with = "time_zone::optional")]
+    pub timezone: Option<Tz>,
 }
 
 impl Default for PageSettings {
@@ -670,6 +697,7 @@ impl Default for PageSettings {
             cookie_secure: None,
             login_failures: 5,
             login_window: Duration::from_secs(60),
+            timezone: None,
         }
     }
 }
@@ -806,6 +834,12 @@ impl Settings {
         Ok(())
     }
 
+    /// The zone the finance page shows times in: `page.timezone`, else the
+    /// billing schedule's.
+    pub fn page_timezone(&self) -> Tz {
+        self.page.timezone.unwrap_or(self.billing.timezone)
+    }
+
     /// True when some role has no token and would be open to anyone who can connect.
     pub fn has_open_role(&self) -> bool {
         self.ingest_token.is_none() || self.admin_token.is_none() || self.finance_token.is_none()
@@ -928,6 +962,25 @@ mod tests {
         let err = load("[billing]\nschedule = \"0 0 1 * *\"\n").unwrap_err();
         assert!(
             err.contains("billing.schedule \"0 0 1 * *\" is not a cron expression with seconds"),
+            "{err}"
+        );
+        assert_eq!(
+            s.page_timezone(),
+            chrono_tz::Europe::Berlin,
+            "the page follows billing"
+        );
+        let s = load(
+            "[billing]\ntimezone = \"Europe/Berlin\"\n[page]\ntimezone = \"America/New_York\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.page_timezone(), chrono_tz::America::New_York);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["page"]["timezone"],
+            "America/New_York"
+        );
+        let err = load("[page]\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
+        assert!(
+            err.contains("page.timezone \"Mars/Olympus\" is not an IANA time zone"),
             "{err}"
         );
         let err = load("[billing]\ntimezone = \"Mars/Olympus\"\n").unwrap_err();

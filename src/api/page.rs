@@ -21,7 +21,8 @@ use crate::clock::duration_ms;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::ledger::csv::Pricing;
-use crate::ledger::page;
+use crate::ledger::scheduler::next_boundary;
+use crate::ledger::{bill, page};
 use crate::state::AppState;
 use crate::store::NewSession;
 
@@ -48,7 +49,7 @@ pub async fn index(
     }
     let open = state.store.open_period().await?;
     let rows = state.store.usage(&open.id).await?;
-    let periods = state.store.list_periods().await?;
+    let (closed, closed_count) = closed_periods(&state).await?;
     let today = state.clock.now_ms();
     let daily = state.store.daily_counts(today - 30 * 86_400_000).await?;
     let reconciliation = if state.settings.reconcile.alertmanager_urls.is_empty() {
@@ -56,16 +57,35 @@ pub async fn index(
     } else {
         Some(state.store.reconciliation().await?)
     };
+    let billing = &state.settings.billing;
     let html = page::index(&page::PageData {
+        tz: state.settings.page_timezone(),
         open: &open,
+        next_close: next_boundary(&billing.schedule, &billing.timezone, open.start_at),
         rows: &rows,
-        pricing: Pricing::of(&open, &state.settings.billing),
-        periods: &periods,
+        pricing: Pricing::of(&open, billing),
+        closed: &closed,
+        closed_count,
         daily: &daily,
         today,
         reconciliation: reconciliation.as_ref().map(Option::as_ref),
     });
     Ok(Html(html).into_response())
+}
+
+/// The most recent closed periods and statements with their bills (priced
+/// as their reports are, at the frozen prices), and how many there are.
+async fn closed_periods(state: &AppState) -> Result<(Vec<page::ClosedPeriod>, i64), ApiError> {
+    let (recent, count) = state
+        .store
+        .recent_closed_periods(page::CLOSED_SHOWN)
+        .await?;
+    let mut closed = Vec::with_capacity(recent.len());
+    for period in recent {
+        let bill = bill::of_period(&state.store, &period, &state.settings.billing).await?;
+        closed.push(page::ClosedPeriod { period, bill });
+    }
+    Ok((closed, count))
 }
 
 #[utoipa::path(get, path = "/login", tag = "page",

@@ -1,6 +1,8 @@
 //! The finance ledger: billing periods, per-user statements (settle), prices
-//! frozen at close, immutable CSV reports, the close schedule and retention.
+//! frozen at close, immutable CSV reports, the close schedule and retention,
+//! the bills (per-customer sums) and the finance page.
 
+pub mod bill;
 pub mod csv;
 pub mod money;
 pub mod page;

@@ -423,6 +423,23 @@ impl Store {
         .await?))
     }
 
+    /// The `limit` closed periods and statements that ended last, newest
+    /// first, and how many closed ones there are in all.
+    pub async fn recent_closed_periods(&self, limit: i64) -> Result<(Vec<Period>, i64)> {
+        let recent = on!(self.reader(), |c| sqlx::query_as(select_periods!(
+            "WHERE end_at IS NOT NULL ORDER BY end_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(c)
+        .await?);
+        let count = on!(self.reader(), |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM periods WHERE end_at IS NOT NULL"
+        )
+        .fetch_one(c)
+        .await?);
+        Ok((recent, count))
+    }
+
     pub async fn set_report_sha256(&self, id: &str, sha256: &str) -> Result<()> {
         on!(self.writer(), |c| {
             sqlx::query("UPDATE periods SET report_sha256 = $1 WHERE id = $2")

@@ -356,6 +356,29 @@ impl TestApp {
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     }
 
+    /// POSTs to `path` as the admin, expecting 200, and returns the answer.
+    async fn admin_post(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    /// Closes the open period now: `{"closed": …, "opened": …}`.
+    pub async fn close_period(&self) -> Value {
+        self.admin_post("/v1/ledger/close").await
+    }
+
+    /// Settles `user` now: `{"statement": …}`.
+    pub async fn settle(&self, user: &str) -> Value {
+        self.admin_post(&format!("/v1/users/{user}/settle")).await
+    }
+
     pub async fn get_json(&self, path: &str, token: &str) -> Value {
         let r = self
             .http
@@ -435,19 +458,6 @@ impl StoppedApp {
         app.database = self.database;
         app
     }
-}
-
-/// Closes the open billing period now (admin), asserting 200: `{"closed", "opened"}`.
-pub async fn close_now(app: &TestApp) -> Value {
-    let r = app
-        .http
-        .post(app.url("/v1/ledger/close"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
 }
 
 /// Reads one sample from Prometheus text (labels must match exactly).

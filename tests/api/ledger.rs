@@ -9,7 +9,6 @@ use std::time::Duration;
 use notimeter::domain::IntegrationKind;
 use serde_json::{json, Value};
 
-use crate::helpers::close_now as close;
 use crate::helpers::*;
 use crate::on_both_backends;
 
@@ -26,16 +25,12 @@ on_both_backends!(
     a_period_without_messages_downloads_as_a_header_only_csv,
 );
 
+async fn close(app: &TestApp) -> Value {
+    app.close_period().await
+}
+
 async fn settle(app: &TestApp, user: &str) -> Value {
-    let r = app
-        .http
-        .post(app.url(&format!("/v1/users/{user}/settle")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    r.json::<Value>().await.unwrap()["statement"].clone()
+    app.settle(user).await["statement"].clone()
 }
 
 async fn periods(app: &TestApp) -> Vec<Value> {

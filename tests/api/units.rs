@@ -5,7 +5,6 @@
 use notimeter::domain::IntegrationKind;
 use serde_json::{json, Value};
 
-use crate::helpers::close_now as close;
 use crate::helpers::*;
 use crate::integrations::{twilio_created, with_sms, TWILIO_PATH};
 use crate::on_both_backends;
@@ -14,6 +13,10 @@ on_both_backends!(
     sms_bills_its_segments_and_totals_round_to_the_minor_unit,
     reports_of_periods_closed_before_units_keep_their_columns,
 );
+
+async fn close(app: &TestApp) -> Value {
+    app.close_period().await
+}
 
 fn usage_row<'a>(usage: &'a Value, integration: &str) -> &'a Value {
     usage["usage"]
