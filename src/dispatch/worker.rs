@@ -319,7 +319,7 @@ impl Dispatcher {
             },
             None => None,
         };
-        let texts = texts(msg, &p);
+        let texts = texts(&self.metrics, msg, &p);
         let sent = tokio::time::timeout(
             self.settings.send_timeout,
             self.registry.send(&self.ctx, settings, &p.payload, &texts),
@@ -541,15 +541,12 @@ impl Dispatcher {
 }
 
 /// The texts of `p`'s message from its channel's templates. A template that
-/// fails on this message's data leaves its field's default text, with a
-/// warning: the message is sent all the same.
-fn texts(msg: &ClaimedMessage, p: &Prepared) -> Texts {
+/// fails on this message's data leaves its field's default text, logged and
+/// counted: the message is sent all the same.
+fn texts(metrics: &Metrics, msg: &ClaimedMessage, p: &Prepared) -> Texts {
     let rendered = templating::render(&p.templates, &p.payload);
     for (field, error) in &rendered.failures {
-        warn!(
-            message_id = msg.id, channel_id = %msg.channel_id, field = field.as_str(), error = %error,
-            "a message template failed; its field's default text is sent instead"
-        );
+        metrics.template_failed(msg.id, &msg.channel_id, p.settings.kind(), *field, error);
     }
     rendered.texts
 }

@@ -14,7 +14,8 @@ use tracing::{debug, info, trace, warn};
 
 use super::Metrics;
 use crate::domain::{
-    AttemptResult, ChannelId, IntegrationKind, MessageState, Reason, UndeliverableReason, UserId,
+    AttemptResult, ChannelId, IntegrationKind, MessageState, Reason, TemplateField,
+    UndeliverableReason, UserId,
 };
 use crate::store::Superseded;
 
@@ -168,6 +169,12 @@ impl Metrics {
                 self.test_sends.with_label_values(&labels);
             }
         }
+        for integration in IntegrationKind::ALL {
+            for field in TemplateField::of(integration) {
+                self.template_failures
+                    .with_label_values(&[integration.as_str(), field.as_str()]);
+            }
+        }
         for reason in UndeliverableReason::ALL {
             self.alerts_undeliverable
                 .with_label_values(&[reason.as_str()]);
@@ -292,6 +299,26 @@ impl Metrics {
         info!(target: DISPATCH, user_id = %user_id, channel_id = %channel_id, integration = integration.as_str(), result, "test notification sent");
         self.test_sends
             .with_label_values(&[integration.as_str(), result])
+            .inc();
+    }
+
+    /// A channel's template for `field` failed on a message's data: its
+    /// default text goes out instead.
+    pub fn template_failed(
+        &self,
+        message_id: i64,
+        channel_id: &str,
+        integration: IntegrationKind,
+        field: TemplateField,
+        error: &str,
+    ) {
+        warn!(
+            target: DISPATCH,
+            message_id, channel_id = %channel_id, field = field.as_str(), error = %error,
+            "a message template failed; its field's default text is sent instead"
+        );
+        self.template_failures
+            .with_label_values(&[integration.as_str(), field.as_str()])
             .inc();
     }
 

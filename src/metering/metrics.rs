@@ -33,6 +33,7 @@ pub struct Metrics {
     pub(super) duplicates: IntCounter,
     pub(super) sms_segments: IntCounterVec,
     pub(super) test_sends: IntCounterVec,
+    pub(super) template_failures: IntCounterVec,
     pub(super) alerts_undeliverable: IntCounterVec,
     pub(super) ledger_closes: IntCounterVec,
     pub(super) render_total: IntCounterVec,
@@ -123,6 +124,13 @@ impl Metrics {
                 "Test notifications sent through the API (not billed), by integration and result \
                  (success or a failure reason).",
                 &["integration", "result"],
+            ),
+            template_failures: counters(
+                &r,
+                "notimeter_template_failures_total",
+                "Message templates that failed at send time (the field's default text was sent \
+                 instead), by integration and field.",
+                &["integration", "field"],
             ),
             alerts_undeliverable: counters(
                 &r,

@@ -168,6 +168,13 @@ async fn a_template_failing_at_send_time_leaves_the_default(backend: Backend) {
     );
     assert_eq!(delivered(&app, "u1", "slack").await, 1.0);
     assert_eq!(slack.received().len(), 1);
+    for (field, failed) in [("text", 1.0), ("title", 0.0)] {
+        let labels = [("integration", "slack"), ("field", field)];
+        let counted = app
+            .metric("notimeter_template_failures_total", &labels)
+            .await;
+        assert_eq!(counted, failed, "fallbacks of {field} counted");
+    }
     app.stop().await;
 }
 
