@@ -112,6 +112,9 @@ impl Application {
                 settings.listen
             );
         }
+        if settings.render.output.is_some() && settings.render_is_unauthenticated() {
+            bail!(crate::config::UNAUTHENTICATED_RENDER);
+        }
         let registry = Registry::standard(&settings);
         let store = open_store(&settings, &clock).await?;
         let routes = Routes::load(store.clone())
@@ -251,10 +254,12 @@ impl Application {
             },
         };
         let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if !settings.reconcile.alertmanager_urls.is_empty() {
-            // The requests answered since the last round, now that no more come.
+        if state.metrics.reconciling() {
+            // The requests answered since the last round, now that no more
+            // come. Stored on a task of its own: a timeout here does not stop it.
             let last = crate::reconcile::store_received(&state);
-            if let Ok(Err(e)) = tokio::time::timeout(crate::reconcile::FINAL_STORE, last).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Ok(Err(e)) = tokio::time::timeout(left, last).await {
                 warn!(error = ?e, "storing the reconciliation's last count failed");
             }
         }

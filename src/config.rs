@@ -779,9 +779,6 @@ impl Settings {
             ));
         }
         self.reconcile.validate()?;
-        if self.render.output.is_some() && self.render_is_unauthenticated() {
-            return Err(UNAUTHENTICATED_RENDER.into());
-        }
         if self.retention.interval.is_zero() {
             return Err("retention.interval must be longer than 0s".into());
         }

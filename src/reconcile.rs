@@ -17,8 +17,6 @@
 //! again when `alertmanager_urls` changes. Requests in flight at a reading
 //! make a drift of a few for a moment; what matters is drift that stays.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -31,6 +29,9 @@ use crate::store::{url_set, AlertmanagerReading};
 const REQUESTS: &str = "alertmanager_notification_requests_total";
 const FAILED: &str = "alertmanager_notification_requests_failed_total";
 const START_TIME: &str = "process_start_time_seconds";
+const RELOADED: &str = "alertmanager_config_last_reload_success_timestamp_seconds";
+/// The receivers the renderer names (`notimeter/<user>/<channel>`).
+const RECEIVER_PREFIX: &str = "notimeter/";
 
 /// Reconciles every `interval` until `shutdown` (nothing when no
 /// Alertmanager is configured).
@@ -68,15 +69,16 @@ pub async fn round(state: &AppState, http: &reqwest::Client) {
         }
     };
     let counting = current.is_some_and(|c| c.urls == url_set(urls));
+    state.metrics.set_reconciling(counting);
+    // All at once, so that the readings and the count they begin from are
+    // taken as close together as they can be.
+    let readings = futures::future::join_all(urls.iter().map(|url| read(http, url))).await;
     if !counting {
         // What was received before the count begins is not part of it.
         state.metrics.take_received();
     }
-    let mut readings = Vec::with_capacity(urls.len());
-    for url in urls {
-        let reading = read(http, url).await;
+    for (url, reading) in urls.iter().zip(&readings) {
         state.metrics.reconcile_scraped(url, reading.as_ref().err());
-        readings.push(reading);
     }
     let now = state.clock.now_ms();
     let stored = if counting {
@@ -147,7 +149,7 @@ fn reading(url: &str, scrape: &prometheus_parse::Scrape) -> anyhow::Result<Alert
             let ours = s.labels.get("integration") == Some("webhook")
                 && s.labels
                     .get("receiver_name")
-                    .is_none_or(|r| r.starts_with(CATCH_ALL));
+                    .is_none_or(|r| r == CATCH_ALL || r.starts_with(RECEIVER_PREFIX));
             if let (
                 true,
                 prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v),
@@ -161,20 +163,30 @@ fn reading(url: &str, scrape: &prometheus_parse::Scrape) -> anyhow::Result<Alert
     let requests = sum(REQUESTS)
         .with_context(|| format!("{url}/metrics has no {REQUESTS}: is it an Alertmanager?"))?;
     let failed = sum(FAILED).unwrap_or(0);
-    let start_time = scrape
+    let gauge = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
+                    Some((v * 1000.0).round() as i64)
+                }
+                _ => None,
+            })
+    };
+    // The incarnation of the counters: the process's start. Alertmanagers
+    // that label them by receiver set them up again, from zero, at every
+    // configuration reload: there the last reload starts one too. Without a
+    // start time (not on Linux), a restart is seen only as counters going
+    // down, which reads as stale: its requests up to the reading are missed,
+    // not counted twice.
+    let by_receiver = scrape
         .samples
         .iter()
-        .find(|s| s.metric == START_TIME)
-        .and_then(|s| match s.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
-                Some((v * 1000.0).round() as i64)
-            }
-            _ => None,
-        })
-        // Without it (not on Linux), a restart is seen only as counters
-        // going down, which reads as stale: its requests up to the reading
-        // are missed, not counted twice.
-        .unwrap_or(0);
+        .any(|s| s.metric == REQUESTS && s.labels.get("receiver_name").is_some());
+    let reloaded = if by_receiver { gauge(RELOADED) } else { None };
+    let start_time = gauge(START_TIME).max(reloaded).unwrap_or(0);
     Ok(AlertmanagerReading {
         url: url.to_owned(),
         start_time,
@@ -182,9 +194,6 @@ fn reading(url: &str, scrape: &prometheus_parse::Scrape) -> anyhow::Result<Alert
         failed,
     })
 }
-
-/// How long the final store of the received count may take at shutdown.
-pub const FINAL_STORE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
@@ -216,10 +225,19 @@ mod tests {
             "# TYPE alertmanager_notification_requests_total counter\n\
              alertmanager_notification_requests_total{integration=\"webhook\",receiver_name=\"notimeter/u1/a\"} 5\n\
              alertmanager_notification_requests_total{integration=\"webhook\",receiver_name=\"notimeter\"} 2\n\
-             alertmanager_notification_requests_total{integration=\"webhook\",receiver_name=\"ops-pager\"} 40\n",
+             alertmanager_notification_requests_total{integration=\"webhook\",receiver_name=\"ops-pager\"} 40\n\
+             alertmanager_notification_requests_total{integration=\"webhook\",receiver_name=\"notimeter-ops\"} 9\n\
+             # TYPE process_start_time_seconds gauge\n\
+             process_start_time_seconds 1.7e+09\n\
+             # TYPE alertmanager_config_last_reload_success_timestamp_seconds gauge\n\
+             alertmanager_config_last_reload_success_timestamp_seconds 1.8e+09\n",
         );
         let r = reading("http://am", &new).unwrap();
-        assert_eq!((r.requests, r.failed, r.start_time), (7, 0, 0));
+        // Their counters start again at each reload: the reload is the incarnation.
+        assert_eq!(
+            (r.requests, r.failed, r.start_time),
+            (7, 0, 1_800_000_000_000)
+        );
 
         let err = reading("http://x", &parse("up 1\n")).unwrap_err();
         assert!(

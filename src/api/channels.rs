@@ -48,7 +48,7 @@ fn view(ch: &Channel) -> ChannelView {
 
 #[utoipa::path(put, path = "/v1/users/{user_id}/channels/{channel_id}", tag = "channels",
     params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @"), ("channel_id" = String, Path, description = "1 to 128 letters, digits, _ - . @")), request_body = ChannelSpec, security(("admin" = [])),
-    responses((status = 200, description = "Replaced", body = crate::api::openapi::ChannelDoc), (status = 201, description = "Created", body = crate::api::openapi::ChannelDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 409, description = "A conflict (see the message)", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "Replaced", body = crate::api::openapi::ChannelDoc), (status = 201, description = "Created", body = crate::api::openapi::ChannelDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 409, description = "A conflict (see the message)", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn put(
     State(state): State<AppState>,
     Path((user_id, channel_id)): Path<(String, String)>,
@@ -82,7 +82,7 @@ pub async fn put(
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/channels/{channel_id}", tag = "channels",
     params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @"), ("channel_id" = String, Path, description = "1 to 128 letters, digits, _ - . @")), security(("admin" = [])),
-    responses((status = 200, description = "The channel, secrets as \"<secret>\"", body = crate::api::openapi::ChannelDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "The channel, secrets as \"<secret>\"", body = crate::api::openapi::ChannelDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn get(
     State(state): State<AppState>,
     Path((user_id, channel_id)): Path<(String, String)>,
@@ -98,7 +98,7 @@ pub async fn get(
 
 #[utoipa::path(delete, path = "/v1/users/{user_id}/channels/{channel_id}", tag = "channels",
     params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @"), ("channel_id" = String, Path, description = "1 to 128 letters, digits, _ - . @")), security(("admin" = [])),
-    responses((status = 204, description = "Deleted"), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 409, description = "A conflict (see the message)", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 409, description = "A conflict (see the message)", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path((user_id, channel_id)): Path<(String, String)>,
@@ -130,7 +130,7 @@ pub async fn delete(
 
 #[utoipa::path(get, path = "/v1/users/{user_id}/channels", tag = "channels",
     params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @")), security(("admin" = [])),
-    responses((status = 200, description = "The user's channels", body = crate::api::openapi::ChannelListDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "The user's channels", body = crate::api::openapi::ChannelListDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn list(
     State(state): State<AppState>,
     Path(user_id): Path<String>,

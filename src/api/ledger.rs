@@ -35,7 +35,7 @@ pub fn period_json(p: &Period) -> Value {
 }
 
 #[utoipa::path(get, path = "/v1/ledger/periods", tag = "ledger", security(("finance" = []), ("admin" = [])),
-    responses((status = 200, description = "Periods and statements, oldest first", body = crate::api::openapi::PeriodsDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "Periods and statements, oldest first", body = crate::api::openapi::PeriodsDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn periods(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let periods: Vec<Value> = state
         .store
@@ -96,7 +96,7 @@ pub fn ledger_body(state: &AppState, period: Period) -> Body {
 /// the file in `reports/`; the open period as it stands.
 #[utoipa::path(get, path = "/v1/ledger/periods/{file}", tag = "ledger",
     params(("file" = String, Path, description = "<period_id>.csv")), security(("finance" = []), ("admin" = [])),
-    responses((status = 200, description = "The period's ledger CSV; a closed one byte for byte as its report (ETag: its SHA-256)", content_type = "text/csv", body = String), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "The period's ledger CSV; a closed one byte for byte as its report (ETag: its SHA-256)", content_type = "text/csv", body = String), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn period_csv(
     State(state): State<AppState>,
     Path(file): Path<String>,
@@ -130,7 +130,7 @@ pub async fn period_csv(
 /// `GET /v1/ledger/periods/{id}/items.csv`: every message of the period, streamed.
 #[utoipa::path(get, path = "/v1/ledger/periods/{id}/items.csv", tag = "ledger",
     params(("id" = String, Path, description = "A period or statement id")), security(("finance" = []), ("admin" = [])),
-    responses((status = 200, description = "One row per message of the period, streamed", content_type = "text/csv", body = String), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "One row per message of the period, streamed", content_type = "text/csv", body = String), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn items_csv(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -4,6 +4,7 @@
 //! paged by cursor: a full page answers `next_cursor`, which `?cursor=`
 //! takes to give the page after it.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -96,6 +97,13 @@ impl ListQuery {
     }
 }
 
+/// The query, or a JSON 400 saying what is wrong with it (a parameter
+/// given twice, say), never the extractor's plain-text answer.
+fn query(q: Result<Query<ListQuery>, QueryRejection>) -> Result<ListQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(format!("?…: {}", e.body_text())))
+}
+
 /// The cursor of the page after `ids` (a full page), if there may be one.
 fn next_cursor(ids: impl DoubleEndedIterator<Item = i64> + ExactSizeIterator, limit: i64) -> Value {
     let full = ids.len() as i64 == limit;
@@ -135,12 +143,13 @@ fn message_view(m: &LoggedMessage) -> Value {
 #[utoipa::path(get, path = "/v1/users/{user_id}/messages", tag = "deliveries",
     params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @"), ("state" = Option<String>, Query, description = "pending, delivered, failed or superseded"), ("since" = Option<String>, Query, description = "RFC 3339: only those at or after"), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the page before")),
     security(("finance" = []), ("admin" = [])),
-    responses((status = 200, description = "A page of the user's messages, newest first, with their attempts", body = crate::api::openapi::MessageLogDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "A page of the user's messages, newest first, with their attempts", body = crate::api::openapi::MessageLogDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn user_messages(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
     let user = UserId::parse(&user_id).map_err(ApiError::Unprocessable)?;
     let parse: fn(&str) -> Result<(), String> = |s| s.parse::<MessageState>().map(drop);
     let filter = q.filter("state", parse)?;
@@ -164,11 +173,12 @@ fn undeliverable_view(u: &LoggedUndeliverable) -> Value {
 #[utoipa::path(get, path = "/v1/undeliverable", tag = "deliveries",
     params(("reason" = Option<String>, Query, description = "One undeliverable reason"), ("since" = Option<String>, Query, description = "RFC 3339: only those at or after"), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the page before")),
     security(("admin" = [])),
-    responses((status = 200, description = "A page of undeliverable alerts, newest first", body = crate::api::openapi::UndeliverableListDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "A page of undeliverable alerts, newest first", body = crate::api::openapi::UndeliverableListDoc), (status = 400, description = "A bad query or body", body = crate::api::openapi::ErrorDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn undeliverable(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
     let parse: fn(&str) -> Result<(), String> = |s| s.parse::<UndeliverableReason>().map(drop);
     let filter = q.filter("reason", parse)?;
     let rows = state.store.undeliverable(&filter).await?;
@@ -183,7 +193,7 @@ pub async fn undeliverable(
 /// id; 404 for no such message; 409 when it is not failed.
 #[utoipa::path(post, path = "/v1/messages/{message_id}/redeliver", tag = "deliveries",
     params(("message_id" = i64, Path, description = "A failed message")), security(("admin" = [])),
-    responses((status = 202, description = "Queued as a new message", body = crate::api::openapi::RedeliverDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 409, description = "A conflict (see the message)", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 202, description = "Queued as a new message", body = crate::api::openapi::RedeliverDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 409, description = "A conflict (see the message)", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn redeliver(
     State(state): State<AppState>,
     Path(message_id): Path<String>,
@@ -212,6 +222,15 @@ pub async fn redeliver(
         Redelivery::NotFound => Err(ApiError::NotFound(format!("no message {id}"))),
         Redelivery::NotFailed(s) => Err(ApiError::Conflict(format!(
             "message {id} is {s}: only a failed message can be redelivered"
+        ))),
+        Redelivery::ChannelUnusable => Err(ApiError::Conflict(format!(
+            "message {id}'s channel is gone, disabled or of another type now: nothing to redeliver to"
+        ))),
+        Redelivery::Already(0) => Err(ApiError::Conflict(format!(
+            "message {id} is being redelivered by another request"
+        ))),
+        Redelivery::Already(new) => Err(ApiError::Conflict(format!(
+            "message {id} was redelivered already, as message {new}"
         ))),
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::dispatch::SendContext;
+use crate::dispatch::{Reason, SendContext, SendError};
 use crate::domain::{ChannelId, ReceiverName, UserId, WebhookPayload};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -46,7 +46,7 @@ pub fn sample(user: &UserId, channel: &ChannelId, external_url: &str, now: &str)
 
 #[utoipa::path(post, path = "/v1/users/{user_id}/channels/{channel_id}/test", tag = "deliveries",
     params(("user_id" = String, Path, description = "1 to 128 letters, digits, _ - . @"), ("channel_id" = String, Path, description = "1 to 128 letters, digits, _ - . @")), security(("admin" = [])),
-    responses((status = 200, description = "Sent once, now: its outcome (not stored, not billed)", body = crate::api::openapi::TestSendDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "Sent once, now: its outcome (not stored, not billed)", body = crate::api::openapi::TestSendDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 404, description = "No such resource", body = crate::api::openapi::ErrorDoc), (status = 422, description = "Invalid ids or body", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc), (status = 500, description = "The channel's stored settings are corrupt", body = crate::api::openapi::ErrorDoc)))]
 pub async fn test(
     State(state): State<AppState>,
     Path((user_id, channel_id)): Path<(String, String)>,
@@ -77,10 +77,24 @@ pub async fn test(
     // (or hold) the dispatcher's.
     let ctx = SendContext::new(state.settings.clone()).map_err(ApiError::Internal)?;
     let started = Instant::now();
-    let sent = state
-        .registry
-        .send(&ctx, settings, &payload, &rendered.texts)
-        .await;
+    // Bounded like a delivery's attempt, whatever the integration's client does.
+    let limit = state.settings.dispatch.send_timeout;
+    let sent = tokio::time::timeout(
+        limit,
+        state
+            .registry
+            .send(&ctx, settings, &payload, &rendered.texts),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(SendError {
+            reason: Reason::ContextDeadlineExceeded,
+            retryable: true,
+            retry_after: None,
+            status: None,
+            detail: format!("no answer within {limit:?}"),
+        })
+    });
     let duration_ms = started.elapsed().as_millis() as u64;
     state
         .metrics

@@ -13,7 +13,7 @@ use crate::ledger::money::round_total;
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/v1/usage", tag = "ledger", security(("finance" = []), ("admin" = [])),
-    responses((status = 200, description = "The open period's counts, prices and amounts", body = crate::api::openapi::UsageDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "The open period's counts, prices and amounts", body = crate::api::openapi::UsageDoc), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn usage(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let period = state.store.open_period().await?;
     let rows = state.store.usage(&period.id).await?;
@@ -43,7 +43,7 @@ pub async fn usage(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 }
 
 #[utoipa::path(get, path = "/v1/ledger/current.csv", tag = "ledger", security(("finance" = []), ("admin" = [])),
-    responses((status = 200, description = "The open period so far, as the ledger CSV", content_type = "text/csv", body = String), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc)))]
+    responses((status = 200, description = "The open period so far, as the ledger CSV", content_type = "text/csv", body = String), (status = 401, description = "No or a wrong token", body = crate::api::openapi::ErrorDoc), (status = 403, description = "A token of another role", body = crate::api::openapi::ErrorDoc), (status = 503, description = "The store cannot answer now (Retry-After)", body = crate::api::openapi::ErrorDoc)))]
 pub async fn current_csv(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let period = state.store.open_period().await?;
     let filename = format!(

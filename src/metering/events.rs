@@ -417,6 +417,16 @@ impl Metrics {
         self.received_unstored.swap(0, Ordering::Relaxed)
     }
 
+    /// Whether the last round found the count begun, for this process's
+    /// replicas' URL set.
+    pub fn set_reconciling(&self, counting: bool) {
+        self.reconciling.store(counting, Ordering::Relaxed);
+    }
+
+    pub fn reconciling(&self) -> bool {
+        self.reconciling.load(Ordering::Relaxed)
+    }
+
     /// Gives back requests taken by [`Metrics::take_received`] that could
     /// not be stored, to be added next time.
     pub fn untake_received(&self, n: i64) {

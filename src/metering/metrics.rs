@@ -5,7 +5,7 @@
 //! store-derived gauges keep their last reading and `notimeter_store_up` is 0.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Webhook requests answered and not yet added to the stored count (see
     /// `crate::reconcile`).
     pub(super) received_unstored: AtomicI64,
+    /// Whether the last reconciliation round found its count begun (and so
+    /// whether shutdown stores what was received since).
+    pub(super) reconciling: AtomicBool,
     outbox_pending: IntGauge,
     store_up: IntGauge,
     period_start: prometheus::Gauge,
@@ -214,6 +217,7 @@ impl Metrics {
                  reconciliation began: requests lost on the way (notimeter down, network).",
             ),
             received_unstored: AtomicI64::new(0),
+            reconciling: AtomicBool::new(false),
             period_start: register(
                 &r,
                 prometheus::Gauge::new(

@@ -75,6 +75,10 @@ pub enum Redelivery {
     NotFound,
     /// The message is not failed (its state).
     NotFailed(String),
+    /// It was redelivered already, as this message.
+    Already(i64),
+    /// Its channel is gone, disabled, or now of another integration.
+    ChannelUnusable,
 }
 
 impl Store {
@@ -145,15 +149,20 @@ impl Store {
     ) -> Result<Redelivery> {
         self.detached(move |store| async move {
             let mut tx = store.write_tx().await?;
-            let state: Option<String> = on!(tx.conn(), |c| sqlx::query_scalar(
-                "SELECT state FROM messages WHERE id = $1"
+            let found: Option<(String, Option<i64>)> = on!(tx.conn(), |c| sqlx::query_as(
+                "SELECT state, redelivered_as FROM messages WHERE id = $1"
             )
             .bind(message_id)
             .fetch_optional(c)
             .await?);
-            let outcome = match state.as_deref() {
+            let outcome = match found {
                 None => Redelivery::NotFound,
-                Some("failed") => {
+                Some((_, Some(new))) => Redelivery::Already(new),
+                Some((state, None)) if state != "failed" => Redelivery::NotFailed(state),
+                Some(_) if !channel_usable(&mut tx, message_id).await? => {
+                    Redelivery::ChannelUnusable
+                }
+                Some(_) => {
                     let id: i64 = on!(tx.conn(), |c| sqlx::query_scalar(
                         "INSERT INTO messages (user_id, channel_id, integration, group_key, payload, \
                            alert_count, alertnames, created_at, due_at) \
@@ -165,13 +174,44 @@ impl Store {
                     .bind(now)
                     .fetch_one(c)
                     .await?);
+                    // Conditional, so that of two redeliveries at once (on
+                    // PostgreSQL, where both may get here) one wins.
+                    let marked = on!(tx.conn(), |c| sqlx::query(
+                        "UPDATE messages SET redelivered_as = $2 \
+                         WHERE id = $1 AND redelivered_as IS NULL"
+                    )
+                    .bind(message_id)
+                    .bind(id)
+                    .execute(c)
+                    .await?
+                    .rows_affected());
+                    if marked == 0 {
+                        tx.rollback().await?;
+                        return Ok(Redelivery::Already(0));
+                    }
                     Redelivery::Queued { message_id: id }
                 }
-                Some(other) => Redelivery::NotFailed(other.to_owned()),
             };
             tx.commit().await?;
             Ok(outcome)
         })
         .await
     }
+}
+
+/// Whether the message's channel still exists, is enabled and sends with the
+/// message's integration (a channel id saved again with another type would
+/// be sent one way and billed another).
+async fn channel_usable(tx: &mut super::Tx, message_id: i64) -> Result<bool> {
+    let enabled: Option<bool> = on!(tx.conn(), |c| {
+        sqlx::query_scalar(
+        "SELECT c.enabled FROM messages m JOIN channels c \
+           ON c.user_id = m.user_id AND c.channel_id = m.channel_id AND c.integration = m.integration \
+         WHERE m.id = $1"
+    )
+    .bind(message_id)
+    .fetch_optional(c)
+    .await?
+    });
+    Ok(enabled == Some(true))
 }

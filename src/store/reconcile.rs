@@ -141,25 +141,26 @@ impl Store {
         .await
     }
 
-    /// Adds what an Alertmanager sent since its last reading. Its counters
-    /// start again from zero when it restarts (another `start_time`): then
-    /// all of the reading is new. A reading lower than the last one of the
-    /// same process is stale (another replica stored a newer one): it adds
-    /// nothing. One statement, so replicas reading at once add each request
-    /// once.
+    /// Adds what an Alertmanager sent since its last reading. A later
+    /// `start_time` is a new incarnation whose counters started again from
+    /// zero (a restart; a reload, where reloads reset them): all of the
+    /// reading is new. An earlier one is a stale reading of a past
+    /// incarnation, and a lower reading of the same one is stale too (another
+    /// replica stored a newer one): they add nothing. One statement, so
+    /// replicas reading at once add each request once.
     pub async fn observe_alertmanager(&self, r: &AlertmanagerReading, now: Millis) -> Result<()> {
         on!(self.writer(), |c| sqlx::query(
             "UPDATE reconcile_alertmanagers SET \
-             requests = requests + CASE WHEN start_time <> $2 THEN $3 \
+             requests = requests + CASE WHEN $2 > start_time THEN $3 \
                  WHEN $3 > last_requests THEN $3 - last_requests ELSE 0 END, \
-             failed = failed + CASE WHEN start_time <> $2 THEN $4 \
+             failed = failed + CASE WHEN $2 > start_time THEN $4 \
                  WHEN $4 > last_failed THEN $4 - last_failed ELSE 0 END, \
-             last_requests = CASE WHEN start_time <> $2 OR $3 > last_requests THEN $3 \
+             last_requests = CASE WHEN $2 > start_time OR $3 > last_requests THEN $3 \
                  ELSE last_requests END, \
-             last_failed = CASE WHEN start_time <> $2 OR $4 > last_failed THEN $4 \
+             last_failed = CASE WHEN $2 > start_time OR $4 > last_failed THEN $4 \
                  ELSE last_failed END, \
              start_time = $2, scraped_at = $5 \
-             WHERE url = $1"
+             WHERE url = $1 AND $2 >= start_time"
         )
         .bind(&r.url)
         .bind(r.start_time)
@@ -172,15 +173,20 @@ impl Store {
         Ok(())
     }
 
-    /// Adds `n` webhook requests received to the count (when one has begun).
+    /// Adds `n` webhook requests received to the count (when one has begun),
+    /// on a task of its own: a caller going away (shutdown) never leaves the
+    /// taken count neither stored nor given back.
     pub async fn add_received(&self, n: i64) -> Result<()> {
-        on!(self.writer(), |c| sqlx::query(
-            "UPDATE reconcile SET received = received + $1 WHERE id = 1"
-        )
-        .bind(n)
-        .execute(c)
-        .await?
-        .rows_affected());
-        Ok(())
+        self.detached(move |store| async move {
+            on!(store.writer(), |c| sqlx::query(
+                "UPDATE reconcile SET received = received + $1 WHERE id = 1"
+            )
+            .bind(n)
+            .execute(c)
+            .await?
+            .rows_affected());
+            Ok(())
+        })
+        .await
     }
 }

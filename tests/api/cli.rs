@@ -133,11 +133,7 @@ fn a_render_that_could_not_authenticate_is_refused() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "refused when the settings load: {stderr}"
-    );
+    assert!(!out.status.success(), "serve refuses to start: {stderr}");
     assert!(
         stderr.contains("NOTIMETER_RENDER__CREDENTIALS_FILE"),
         "{stderr}"

@@ -107,6 +107,7 @@ async fn the_delivery_log_pages_newest_first_with_attempts(backend: Backend) {
         "?state=lost",
         "?since=yesterday",
         "?cursor=abc",
+        "?state=failed&state=pending",
     ] {
         let (status, body) = get(&app, &format!("/v1/users/u1/messages{bad}"), FINANCE_TOKEN).await;
         assert_eq!(status, 400, "{bad}: {body}");
@@ -228,6 +229,43 @@ async fn a_failed_message_is_redelivered_as_a_new_one(backend: Backend) {
     )
     .await;
     assert_eq!(status, 403, "admin only");
+    let (status, body) = post(
+        &app,
+        &format!("/v1/messages/{failed}/redeliver"),
+        ADMIN_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 409, "a failed message is redelivered once: {body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains(&format!("as message {new}")), "{body}");
+
+    // A failed message whose channel is disabled now has nowhere to go.
+    sink.script("/u1", [Reply::new(400, "bad request")]);
+    app.post_alerts(&payload(
+        "default",
+        "g2",
+        vec![alert("cpu", Some("u1"), "f2")],
+    ))
+    .await;
+    sink.wait_for("/u1", 3).await;
+    app.wait_idle().await;
+    let (_, log) = get(&app, "/v1/users/u1/messages?state=failed", ADMIN_TOKEN).await;
+    let second = log["messages"][0]["message_id"].as_i64().unwrap();
+    assert_ne!(second, failed);
+    let disabled =
+        json!({"type": "webhook", "settings": {"url": sink.url("/u1")}, "enabled": false});
+    assert_eq!(app.put_channel("u1", "hook", disabled).await.status(), 200);
+    let (status, body) = post(
+        &app,
+        &format!("/v1/messages/{second}/redeliver"),
+        ADMIN_TOKEN,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("disabled"),
+        "{body}"
+    );
     app.stop().await;
 }
 

@@ -200,6 +200,17 @@ async fn alertmanager_restarts_and_stale_readings_are_counted_once(backend: Back
         .await
         .unwrap();
     assert_eq!((sent().await.requests, sent().await.failed), (9, 3));
+    // A replica's reading of the process before the restart, stored late:
+    // nothing (it is neither a restart nor new).
+    store
+        .observe_alertmanager(&reading(1, 120, 12), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        (sent().await.requests, sent().await.failed),
+        (9, 3),
+        "a stale incarnation adds nothing"
+    );
     // Two replicas storing the same reading at once count it once.
     let r = reading(2, 10, 1);
     let (a, b) = tokio::join!(
