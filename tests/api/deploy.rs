@@ -196,6 +196,7 @@ async fn every_metric_in_rules_and_dashboard_is_exported() {
     let app = spawn_app_with(&Backend::Sqlite, |s| {
         s.metrics_token = Some(notimeter::config::Secret::new(METRICS_TOKEN));
         s.render.output = Some(rendered.path().join("alertmanager.yml"));
+        s.render.credentials_file = Some("/etc/alertmanager/secrets/ingest-token".into());
         s.render.alertmanager_url = Some(alertmanager.url(""));
         s.render.amtool = String::new();
         s.render.reload_timeout = Duration::from_millis(500);
