@@ -411,6 +411,21 @@ pub async fn scrape_metrics(
         .map_err(|e| e.to_string())
 }
 
+/// The value of the first sample named `name` in `scrape` (a counter, a
+/// gauge or an untyped one).
+pub fn sample_value(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v)
+            | prometheus_parse::Value::Counter(v) => Some(v),
+            _ => None,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::outbound::{operator_client, scrape_metrics};
+use crate::outbound::{operator_client, sample_value, scrape_metrics};
 use crate::render::CATCH_ALL;
 use crate::state::AppState;
 use crate::store::{url_set, AlertmanagerReading};
@@ -163,18 +163,7 @@ fn reading(url: &str, scrape: &prometheus_parse::Scrape) -> anyhow::Result<Alert
     let requests = sum(REQUESTS)
         .with_context(|| format!("{url}/metrics has no {REQUESTS}: is it an Alertmanager?"))?;
     let failed = sum(FAILED).unwrap_or(0);
-    let gauge = |name: &str| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name)
-            .and_then(|s| match s.value {
-                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
-                    Some((v * 1000.0).round() as i64)
-                }
-                _ => None,
-            })
-    };
+    let gauge = |name: &str| sample_value(scrape, name).map(|v| (v * 1000.0).round() as i64);
     // The incarnation of the counters: the process's start. Alertmanagers
     // that label them by receiver set them up again, from zero, at every
     // configuration reload: there the last reload starts one too. Without a

@@ -33,19 +33,14 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    /// The filter, with the parameter `name` (the state or the reason)
-    /// checked by `parse`.
+    /// The filter, with `value`, the parameter `name` (the state or the
+    /// reason), checked by `parse`.
     fn filter(
         &self,
-        name: &str,
+        (name, value): (&str, Option<&String>),
         parse: fn(&str) -> Result<(), String>,
     ) -> Result<LogFilter, ApiError> {
         let bad = |name: &str, e: String| ApiError::BadRequest(format!("?{name}=: {e}"));
-        let value = if name == "state" {
-            &self.state
-        } else {
-            &self.reason
-        };
         let state = match value {
             Some(v) => {
                 parse(v).map_err(|e| bad(name, e))?;
@@ -152,7 +147,7 @@ pub async fn user_messages(
     let q = query(q)?;
     let user = UserId::parse(&user_id).map_err(ApiError::Unprocessable)?;
     let parse: fn(&str) -> Result<(), String> = |s| s.parse::<MessageState>().map(drop);
-    let filter = q.filter("state", parse)?;
+    let filter = q.filter(("state", q.state.as_ref()), parse)?;
     let messages = state.store.user_messages(user.as_str(), &filter).await?;
     Ok(Json(json!({
         "user_id": user.as_str(),
@@ -180,7 +175,7 @@ pub async fn undeliverable(
 ) -> Result<Json<Value>, ApiError> {
     let q = query(q)?;
     let parse: fn(&str) -> Result<(), String> = |s| s.parse::<UndeliverableReason>().map(drop);
-    let filter = q.filter("reason", parse)?;
+    let filter = q.filter(("reason", q.reason.as_ref()), parse)?;
     let rows = state.store.undeliverable(&filter).await?;
     Ok(Json(json!({
         "undeliverable": rows.iter().map(undeliverable_view).collect::<Vec<_>>(),

@@ -177,18 +177,7 @@ pub fn last_good_path(output: &Path) -> PathBuf {
 
 async fn am_metrics(http: &reqwest::Client, url: &str) -> Result<(f64, f64), String> {
     let scrape = crate::outbound::scrape_metrics(http, url).await?;
-    let value = |name: &str| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name)
-            .and_then(|s| match s.value {
-                prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v)
-                | prometheus_parse::Value::Counter(v) => Some(v),
-                _ => None,
-            })
-    };
+    let value = |name: &str| crate::outbound::sample_value(&scrape, name);
     Ok((
         value("alertmanager_config_last_reload_successful")
             .ok_or("no alertmanager_config_last_reload_successful")?,
