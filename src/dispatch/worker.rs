@@ -110,71 +110,94 @@ impl Dispatcher {
 
     /// Works off the outbox until `shutdown`; then stops claiming, waits up to
     /// `grace` for sends in flight and releases what did not finish.
+    ///
+    /// Messages come two ways: claimed from the outbox in batches (retries
+    /// and deferrals coming due, messages whose lease expired elsewhere, and
+    /// whatever ingest could not hand over), and handed over by ingest's
+    /// writer, leased at insert (see `Store::hand_off_to`). A claim runs at
+    /// once after a full batch, and otherwise when ingest or the recorder
+    /// wakes it or at the next `poll_interval`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         info!(owner = %self.owner, workers = self.settings.workers, "dispatcher started");
         let (tx, rx) = mpsc::channel::<Finished>(4 * self.settings.workers.max(64));
         let recorder = tokio::spawn(self.clone().record_loop(rx));
+        let mut handed =
+            self.store
+                .hand_off_to(&self.owner, self.settings.lease, self.settings.workers);
         let permits = self.workers.clone();
         let mut tasks = JoinSet::new();
+        let mut claim_now = true;
+        let mut next_poll = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
-            let free = permits.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tasks.join_next() => continue,
-                }
-            }
-            let limit = free.min(self.settings.batch_size) as i64;
-            let now = self.clock.now_ms();
-            let lease_until = now + duration_ms(self.settings.lease);
-            match self.store.claim(&self.owner, now, lease_until, limit).await {
-                Ok(batch) if !batch.is_empty() => {
-                    debug!(claimed = batch.len(), "claimed messages");
-                    // Fewer than asked for: nothing else is due now. Claim
-                    // again when ingest commits more (or at the next poll),
-                    // not at once: back-to-back claims of one or two
-                    // messages each are write transactions that crowd out
-                    // ingest's commits.
-                    let drained = (batch.len() as i64) < limit;
-                    for msg in batch {
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
-                            break;
-                        };
-                        self.in_flight().insert(msg.id);
-                        let this = self.clone();
-                        let tx = tx.clone();
-                        tasks.spawn(async move {
-                            let mut permit = Some(permit);
-                            let finished = this.deliver(msg, &mut permit).await;
-                            // The recorder owns it now; it takes it out of `in_flight`.
-                            let _ = tx.send(finished).await;
-                            drop(permit);
-                        });
+            let mut batch = Vec::new();
+            if claim_now && permits.available_permits() > 0 {
+                let limit = permits.available_permits().min(self.settings.batch_size) as i64;
+                let now = self.clock.now_ms();
+                let lease_until = now + duration_ms(self.settings.lease);
+                next_poll = tokio::time::Instant::now() + self.settings.poll_interval;
+                match self.store.claim(&self.owner, now, lease_until, limit).await {
+                    Ok(claimed) => {
+                        debug!(claimed = claimed.len(), "claimed messages");
+                        // Fewer than asked for: nothing else is due now. Claim
+                        // again when woken (or at the next poll), not at
+                        // once: back-to-back claims of one or two messages
+                        // each are write transactions that crowd out
+                        // ingest's commits.
+                        claim_now = claimed.len() as i64 == limit;
+                        batch = claimed;
                     }
-                    if drained {
+                    Err(e) => {
+                        error!(error = ?anyhow::Error::from(e), "claiming messages failed");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            _ = self.wake.notified() => {}
-                            _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                            _ = tokio::time::sleep(self.settings.poll_interval.max(Duration::from_millis(500))) => {}
                         }
+                        continue;
                     }
                 }
-                Ok(_) => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                    }
+            } else if claim_now {
+                // Every worker busy: wait for one, taking what ingest hands over meanwhile.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tasks.join_next() => {}
+                    Some(msg) = handed.recv() => batch.push(msg),
                 }
-                Err(e) => {
-                    error!(error = ?anyhow::Error::from(e), "claiming messages failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(self.settings.poll_interval.max(Duration::from_millis(500))) => {}
-                    }
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.wake.notified() => claim_now = true,
+                    _ = tokio::time::sleep_until(next_poll) => claim_now = true,
+                    Some(msg) = handed.recv() => batch.push(msg),
                 }
             }
+            while batch.len() < self.settings.batch_size {
+                match handed.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            for msg in batch {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                self.in_flight().insert(msg.id);
+                let this = self.clone();
+                let tx = tx.clone();
+                tasks.spawn(async move {
+                    let mut permit = Some(permit);
+                    let finished = this.deliver(msg, &mut permit).await;
+                    // The recorder owns it now; it takes it out of `in_flight`.
+                    let _ = tx.send(finished).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Ingest hands nothing more over; what it did and was not taken goes back.
+        self.store.stop_handoff();
+        handed.close();
+        while let Ok(msg) = handed.try_recv() {
+            self.in_flight().insert(msg.id);
         }
         let pending = tasks.len();
         if pending > 0 {

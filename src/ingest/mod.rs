@@ -218,14 +218,17 @@ fn store_and_count(
 ) -> tokio::task::JoinHandle<Result<Enqueued, StoreError>> {
     let undeliverable: Vec<UndeliverableReason> =
         batch.undeliverable.iter().map(|u| u.reason).collect();
-    let messages = batch.messages.len();
+
     let task = async move {
         let stored = state.store.enqueue_telling(batch, Some(begun)).await?;
         drop(turn);
         let metrics = &state.metrics;
         match &stored {
             Enqueued::Duplicate => metrics.duplicate(),
-            Enqueued::Accepted { superseded } => {
+            Enqueued::Accepted {
+                superseded,
+                waiting,
+            } => {
                 metrics.superseded_on_enqueue(superseded);
                 for (user, n) in &received_by_user {
                     metrics.alerts_received(user, *n);
@@ -233,7 +236,8 @@ fn store_and_count(
                 for reason in undeliverable {
                     metrics.alert_undeliverable(reason);
                 }
-                if messages > 0 {
+                // Those not handed to the dispatcher at insert are claimed.
+                if *waiting > 0 {
                     state.wake.notify_one();
                 }
             }

@@ -10,11 +10,17 @@
 //! one that cannot be written fails alone. The writer owns each batch until
 //! it is answered, so a request that goes away (a client hanging up, a
 //! timeout) leaves its write to run to its end; a retry is then a duplicate.
+//!
+//! Where this process runs a dispatcher, the writer leases the messages it
+//! inserts to it (as many as it has room for, in the same transaction) and
+//! hands them over once committed: they need no claim, which is a write
+//! transaction of its own (see `Store::hand_off_to`).
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{Enqueued, IngestBatch, Result, Store, StoreError};
+use super::outbox::Leasing;
+use super::{ClaimedMessage, Enqueued, IngestBatch, Result, Store, StoreError};
 
 /// Batches written in one transaction at most.
 const MAX_GROUP: usize = 256;
@@ -55,10 +61,47 @@ async fn write_groups(store: Store, mut rx: mpsc::Receiver<Job>) {
 
 async fn write_group(store: &Store, mut jobs: Vec<Job>) {
     let begun: Vec<oneshot::Sender<()>> = jobs.iter_mut().filter_map(|j| j.begun.take()).collect();
+    // Places on the way to this process's dispatcher, taken before the
+    // write: as many messages are leased at insert (and need no claim).
+    let messages: usize = jobs.iter().map(|j| j.batch.messages.len()).sum();
+    let handoff = store.handoff();
+    let (mut places, mut leasing) = (None, None);
+    if let Some(h) = &handoff {
+        let room = h.tx.capacity().min(messages);
+        if let Ok(reserved) = h.tx.try_reserve_many(room).map_err(|_| ()) {
+            places = Some(reserved);
+            leasing = Some(Leasing {
+                owner: h.owner.clone(),
+                until: store.clock.now_ms() + h.lease,
+                room,
+                leased: Vec::new(),
+            });
+        }
+    }
     let batches: Vec<&IngestBatch> = jobs.iter().map(|j| &j.batch).collect();
-    let written = store.enqueue_group(&batches, begun).await;
+    let written = store.enqueue_group(&batches, begun, leasing.as_mut()).await;
     match written {
         Ok(results) => {
+            if let (Some(places), Some(leasing)) = (places.as_mut(), leasing) {
+                for (b, m, id) in leasing.leased {
+                    let batch = &mut jobs[b].batch;
+                    let message = &mut batch.messages[m];
+                    let claimed = ClaimedMessage {
+                        id,
+                        user_id: std::mem::take(&mut message.user_id),
+                        channel_id: std::mem::take(&mut message.channel_id),
+                        integration: message.integration,
+                        payload: std::mem::take(&mut message.payload),
+                        created_at: batch.now,
+                        attempts: 0,
+                        paced: false,
+                    };
+                    // As many places as messages leased.
+                    if let Some(place) = places.next() {
+                        place.send(claimed);
+                    }
+                }
+            }
             for (job, result) in jobs.into_iter().zip(results) {
                 let _ = job.done.send(Ok(result));
             }
@@ -72,7 +115,7 @@ async fn write_group(store: &Store, mut jobs: Vec<Job>) {
                 "a grouped ingest write failed; writing its batches one by one");
             for job in jobs {
                 let result = store
-                    .enqueue_group(&[&job.batch], Vec::new())
+                    .enqueue_group(&[&job.batch], Vec::new(), None)
                     .instrument(job.span)
                     .await
                     .map(|mut r| r.pop().expect("one result"));

@@ -166,6 +166,20 @@ pub struct Store {
     ingest: Option<group::Queue>,
     /// When the outbox's statistics were last refreshed (ms), shared by clones.
     stats_refreshed: Arc<std::sync::atomic::AtomicI64>,
+    /// The dispatcher of this process that ingest's writer hands messages
+    /// to, leased at insert (see [`Store::hand_off_to`]); shared by clones.
+    handoff: Arc<std::sync::RwLock<Option<Handoff>>>,
+}
+
+/// A dispatcher taking messages straight from ingest's writer: each is
+/// inserted already leased to `owner` until `lease` from then, and sent on
+/// `tx` once committed, so that it needs no claim (a write transaction) to
+/// be sent.
+#[derive(Clone)]
+struct Handoff {
+    owner: String,
+    lease: crate::clock::Millis,
+    tx: tokio::sync::mpsc::Sender<ClaimedMessage>,
 }
 
 /// The file a `sqlite:` URL names (none for other databases and in-memory ones).
@@ -197,6 +211,7 @@ pub async fn connect_with_clock(url: &str, clock: Clock) -> Result<Arc<Store>> {
         clock,
         ingest: None,
         stats_refreshed: Arc::default(),
+        handoff: Arc::default(),
     };
     let ingest = Some(group::start(store.clone()));
     Ok(Arc::new(Store { ingest, ..store }))
@@ -275,6 +290,43 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// From now on, ingest's writer leases the messages it inserts to
+    /// `owner` for `lease` and sends them on the returned receiver once
+    /// committed, as many as it has room for (`capacity` waiting at most):
+    /// those need no claim. A message is leased at insert only when no
+    /// older message of its (channel, group) is pending, so a group is
+    /// still delivered in the order it was accepted; the others, and those
+    /// without room, wait in the outbox to be claimed. Messages left in the
+    /// receiver when it is dropped keep their lease until it expires, then
+    /// are claimed as any other. One dispatcher at a time; a second call
+    /// replaces the first.
+    pub fn hand_off_to(
+        &self,
+        owner: &str,
+        lease: std::time::Duration,
+        capacity: usize,
+    ) -> tokio::sync::mpsc::Receiver<ClaimedMessage> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        *self.handoff.write().unwrap_or_else(|e| e.into_inner()) = Some(Handoff {
+            owner: owner.to_owned(),
+            lease: crate::clock::duration_ms(lease),
+            tx,
+        });
+        rx
+    }
+
+    /// Ingest's writer hands nothing more to a dispatcher (it is stopping).
+    pub fn stop_handoff(&self) {
+        *self.handoff.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn handoff(&self) -> Option<Handoff> {
+        self.handoff
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub async fn close(&self) {

@@ -4,7 +4,7 @@
 use super::ledger::{period_now, PeriodNow};
 use super::{
     group, on, AttemptRecord, ClaimedMessage, Dialect, Enqueued, IngestBatch, NewMessage, Outcome,
-    Recorded, Result, Store, Superseded, Tx,
+    Recorded, Result, Store, StoreError, Superseded, Tx,
 };
 use crate::clock::Millis;
 use crate::domain::{AttemptResult, Reason};
@@ -126,7 +126,7 @@ impl Store {
             None => {
                 self.detached(move |store| async move {
                     let begun = begun.into_iter().collect();
-                    let mut done = store.enqueue_group(&[&batch], begun).await?;
+                    let mut done = store.enqueue_group(&[&batch], begun, None).await?;
                     Ok(done.pop().expect("one result"))
                 })
                 .await
@@ -136,10 +136,13 @@ impl Store {
 
     /// Writes `batches` in one transaction, telling `begun` once it has
     /// begun; returns, per batch, whether it was accepted or a duplicate.
+    /// With `leasing`, messages are leased at insert as it allows (see
+    /// [`Leasing`]).
     pub(super) async fn enqueue_group(
         &self,
         batches: &[&IngestBatch],
         begun: Vec<tokio::sync::oneshot::Sender<()>>,
+        mut leasing: Option<&mut Leasing>,
     ) -> Result<Vec<Enqueued>> {
         let mut tx = self.write_tx().await?;
         for b in begun {
@@ -158,12 +161,13 @@ impl Store {
             // Two batches of one group that share a dedupe key or a (channel,
             // group): each must see the one before it, so one at a time.
             let mut results = Vec::with_capacity(batches.len());
-            for batch in batches {
-                results.extend(enqueue_many(&mut tx, &[batch], &mut period).await?);
+            for (i, batch) in batches.iter().enumerate() {
+                let leasing = leasing.as_deref_mut();
+                results.extend(enqueue_many(&mut tx, &[batch], i, &mut period, leasing).await?);
             }
             results
         } else {
-            enqueue_many(&mut tx, batches, &mut period).await?
+            enqueue_many(&mut tx, batches, 0, &mut period, leasing).await?
         };
         tx.commit().await?;
         Ok(results)
@@ -351,44 +355,103 @@ fn repeats_within(batches: &[&IngestBatch]) -> bool {
             .any(|m| !groups.insert((&m.user_id, &m.channel_id, &m.group_key)))
 }
 
+/// Messages leased at insert to a dispatcher of this process (see
+/// `Store::hand_off_to`), so that they need no claim: at most `room` of
+/// them, and only those with no older message of their (channel, group)
+/// pending (which the claim would hold back).
+pub(super) struct Leasing {
+    pub owner: String,
+    pub until: Millis,
+    /// How many more may be leased.
+    pub room: usize,
+    /// Each leased message: its batch's index, its index in the batch, its id.
+    pub leased: Vec<(usize, usize, i64)>,
+}
+
 /// Records `batches` (no two sharing a dedupe key or a (channel, group)) in
 /// `tx` with a few multi-row statements: each batch's dedupe key, then
 /// (unless the key was seen within its window) its messages, superseding
 /// the waiting ones of their groups, and its undeliverable alerts. (One
 /// payload makes at most one message per channel, so a single batch never
-/// holds two messages of one (channel, group).)
+/// holds two messages of one (channel, group).) `first`: the index of
+/// `batches[0]` among the group's, for what `leasing` records.
 async fn enqueue_many(
     tx: &mut Tx,
     batches: &[&IngestBatch],
+    first: usize,
     period: &mut PeriodNow,
+    mut leasing: Option<&mut Leasing>,
 ) -> Result<Vec<Enqueued>> {
     let keys = insert_dedupe_keys(tx, batches).await?;
-    let fresh: Vec<&IngestBatch> = batches
+    let fresh: Vec<(usize, &IngestBatch)> = batches
         .iter()
         .copied()
-        .filter(|b| keys.contains(&b.dedupe_key))
+        .enumerate()
+        .filter(|(_, b)| keys.contains(&b.dedupe_key))
         .collect();
-    let mut superseded = supersede_waiting_many(tx, &fresh, period)
-        .await?
-        .into_iter();
-    let messages: Vec<(&NewMessage, Millis)> = fresh
-        .iter()
-        .flat_map(|b| b.messages.iter().map(|m| (m, b.now)))
-        .collect();
-    insert_messages(tx, &messages).await?;
-    for batch in &fresh {
+    let fresh_batches: Vec<&IngestBatch> = fresh.iter().map(|(_, b)| *b).collect();
+    let (superseded, busy) = supersede_waiting_many(tx, &fresh_batches, period).await?;
+    let mut superseded = superseded.into_iter();
+    let mut waiting = vec![0; batches.len()];
+    let mut rows = Vec::new();
+    for (i, b) in &fresh {
+        for (j, m) in b.messages.iter().enumerate() {
+            let lease = match leasing.as_deref_mut() {
+                Some(l) if l.room > 0 && !busy.contains(&group_of(m)) => {
+                    l.room -= 1;
+                    true
+                }
+                _ => false,
+            };
+            waiting[*i] += usize::from(!lease);
+            rows.push(Row {
+                message: m,
+                now: b.now,
+                lease,
+                at: (first + i, j),
+            });
+        }
+    }
+    let lease = leasing.as_deref().map(|l| (l.owner.as_str(), l.until));
+    let ids = insert_messages(tx, &rows, lease).await?;
+    if let Some(l) = leasing {
+        for (row, id) in rows.iter().zip(ids).filter(|(r, _)| r.lease) {
+            l.leased.push((row.at.0, row.at.1, id));
+        }
+    }
+    for batch in &fresh_batches {
         insert_undeliverable(tx, batch).await?;
     }
     // `superseded` holds one list per fresh batch, in the batches' order.
     Ok(batches
         .iter()
-        .map(|b| match keys.contains(&b.dedupe_key) {
+        .zip(waiting)
+        .map(|(b, waiting)| match keys.contains(&b.dedupe_key) {
             true => Enqueued::Accepted {
                 superseded: superseded.next().unwrap_or_default(),
+                waiting,
             },
             false => Enqueued::Duplicate,
         })
         .collect())
+}
+
+/// A message's (channel, group): user, channel, group key.
+type GroupOf = (String, String, String);
+
+fn group_of(m: &NewMessage) -> GroupOf {
+    (m.user_id.clone(), m.channel_id.clone(), m.group_key.clone())
+}
+
+/// One message to insert.
+struct Row<'a> {
+    message: &'a NewMessage,
+    /// When its batch was accepted.
+    now: Millis,
+    /// Leased at insert.
+    lease: bool,
+    /// Its batch's index among the group's, and its own in the batch.
+    at: (usize, usize),
 }
 
 /// Inserts the batches' dedupe keys (or renews expired ones); answers the
@@ -422,13 +485,16 @@ async fn insert_dedupe_keys(
 }
 
 /// [`supersede_waiting`] for every message of `batches` at once (no two in
-/// one (channel, group)): answers, per batch, the messages it superseded.
+/// one (channel, group)): answers, per batch, the messages it superseded,
+/// and the (channel, group)s that had a message pending (waiting, or being
+/// sent: the new message must not be leased at insert).
 async fn supersede_waiting_many(
     tx: &mut Tx,
     batches: &[&IngestBatch],
     period: &mut PeriodNow,
-) -> Result<Vec<Vec<Superseded>>> {
+) -> Result<(Vec<Vec<Superseded>>, std::collections::HashSet<GroupOf>)> {
     let mut superseded = vec![Vec::new(); batches.len()];
+    let mut busy = std::collections::HashSet::new();
     let grouped: Vec<(usize, &NewMessage)> = batches
         .iter()
         .enumerate()
@@ -440,43 +506,60 @@ async fn supersede_waiting_many(
             "SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
              WHERE (SELECT 1 FROM messages m WHERE m.user_id = v.column1 \
                       AND m.channel_id = v.column2 AND m.group_key = v.column3 \
-                      AND m.state = 'pending' AND m.lease_owner IS NULL LIMIT 1) IS NOT NULL \
-             LIMIT 1",
+                      AND m.state = 'pending' LIMIT 1) IS NOT NULL",
             placeholders(chunk.len(), 3)
         );
-        // Rarely any: only then is each message's group looked at. (A
-        // subquery per row, so that each is an index look-up whatever the
-        // planner believes of the pending rows: a join was planned as a scan
-        // of every pending message, seconds for a backlog on PostgreSQL.)
-        let any: Option<(String, String, String)> = on!(tx.conn(), |c| {
+        // Rarely any: only then is each such message's group looked at
+        // again. (A subquery per row, so that each is an index look-up
+        // whatever the planner believes of the pending rows: a join was
+        // planned as a scan of every pending message, seconds for a backlog
+        // on PostgreSQL.)
+        let found: Vec<GroupOf> = on!(tx.conn(), |c| {
             let mut q = sqlx::query_as(&sql);
             for (_, m) in chunk {
                 q = q.bind(&m.user_id).bind(&m.channel_id).bind(&m.group_key);
             }
-            q.fetch_optional(c).await?
+            q.fetch_all(c).await?
         });
-        if any.is_none() {
+        if found.is_empty() {
             continue;
         }
+        let found: std::collections::HashSet<GroupOf> = found.into_iter().collect();
         for (i, m) in chunk {
-            supersede_waiting(tx, m, period, &mut superseded[*i]).await?;
+            if found.contains(&group_of(m)) {
+                supersede_waiting(tx, m, period, &mut superseded[*i]).await?;
+            }
         }
+        busy.extend(found);
     }
-    Ok(superseded)
+    Ok((superseded, busy))
 }
 
 /// Inserts pending messages, each accepted at its time, in their order
-/// (ids follow it: a group is delivered in the order it was accepted).
-async fn insert_messages(tx: &mut Tx, messages: &[(&NewMessage, Millis)]) -> Result<()> {
-    for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+/// (ids follow it: a group is delivered in the order it was accepted); those
+/// marked `lease` leased to `lease`'s owner until its time. Answers their
+/// ids, in the same order.
+async fn insert_messages(
+    tx: &mut Tx,
+    rows: &[Row<'_>],
+    lease: Option<(&str, Millis)>,
+) -> Result<Vec<i64>> {
+    let mut all = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO messages (user_id, channel_id, integration, group_key, payload, \
-               alert_count, alertnames, created_at, due_at) VALUES {}",
-            placeholders(chunk.len(), 9)
+               alert_count, alertnames, created_at, due_at, lease_owner, lease_until) VALUES {} \
+             RETURNING id",
+            placeholders(chunk.len(), 11)
         );
-        on!(tx.conn(), |c| {
-            let mut q = sqlx::query(&sql);
-            for (m, now) in chunk {
+        let mut ids: Vec<i64> = on!(tx.conn(), |c| {
+            let mut q = sqlx::query_scalar(&sql);
+            for row in chunk {
+                let m = row.message;
+                let (owner, until) = match lease.filter(|_| row.lease) {
+                    Some((owner, until)) => (Some(owner), Some(until)),
+                    None => (None, None),
+                };
                 q = q
                     .bind(&m.user_id)
                     .bind(&m.channel_id)
@@ -485,13 +568,25 @@ async fn insert_messages(tx: &mut Tx, messages: &[(&NewMessage, Millis)]) -> Res
                     .bind(&m.payload)
                     .bind(m.alert_count)
                     .bind(&m.alertnames)
-                    .bind(*now)
-                    .bind(*now);
+                    .bind(row.now)
+                    .bind(row.now)
+                    .bind(owner)
+                    .bind(until);
             }
-            q.execute(c).await?;
+            q.fetch_all(c).await?
         });
+        if ids.len() != chunk.len() {
+            return Err(StoreError::Corrupt(format!(
+                "inserting {} messages returned {} ids",
+                chunk.len(),
+                ids.len()
+            )));
+        }
+        // Ids are given in the rows' order; RETURNING need not list them so.
+        ids.sort_unstable();
+        all.extend(ids);
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Makes the messages of `finals` (delivered or failed) final with a few

@@ -57,9 +57,12 @@ pub struct IngestBatch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Enqueued {
     /// Stored; older messages of the same (channel, group) that were still
-    /// waiting became final as superseded.
+    /// waiting became final as superseded. `waiting`: how many of its
+    /// messages wait in the outbox to be claimed (the others were handed to
+    /// this process's dispatcher at insert; see `Store::hand_off_to`).
     Accepted {
         superseded: Vec<Superseded>,
+        waiting: usize,
     },
     Duplicate,
 }

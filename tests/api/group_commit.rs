@@ -15,6 +15,7 @@ use crate::helpers::*;
 use crate::on_both_backends;
 
 on_both_backends!(concurrent_batches_come_out_as_they_would_alone);
+on_both_backends!(messages_are_handed_over_leased_at_insert_unless_their_group_waits);
 
 fn batch(key: &str, channel: &str, group: &str, messages: usize) -> IngestBatch {
     let now = now_ms();
@@ -71,7 +72,7 @@ async fn concurrent_batches_come_out_as_they_would_alone(backend: Backend) {
     for (key, result) in &results {
         let e = by_key.entry(key.clone()).or_default();
         match result {
-            Enqueued::Accepted { superseded: s } => {
+            Enqueued::Accepted { superseded: s, .. } => {
                 e.0 += 1;
                 superseded += s.len();
             }
@@ -134,7 +135,7 @@ async fn concurrent_batches_come_out_as_they_would_alone(backend: Backend) {
     .await;
     for r in &results {
         match r {
-            Enqueued::Accepted { superseded } => assert_eq!(superseded.len(), 1, "{r:?}"),
+            Enqueued::Accepted { superseded, .. } => assert_eq!(superseded.len(), 1, "{r:?}"),
             Enqueued::Duplicate => panic!("a fresh key taken for a duplicate"),
         }
     }
@@ -151,4 +152,91 @@ async fn concurrent_batches_come_out_as_they_would_alone(backend: Backend) {
     .await;
     assert_eq!(newest, 20, "the newest of each group is the one pending");
     store.close().await;
+}
+
+/// Ingest's writer leases what it inserts to this process's dispatcher, as
+/// many as the dispatcher has room for, and hands them over once committed
+/// (they need no claim). A message whose (channel, group) already has one
+/// pending (being sent) is not handed over: the claim releases it after
+/// the older one, as before. Nothing is handed over twice or lost.
+async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(backend: Backend) {
+    use notimeter::store::{AttemptRecord, Outcome, Recorded};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+    let mut handed = store.hand_off_to("here", Duration::from_secs(60), 3);
+    let waiting = |e: &Enqueued| match e {
+        Enqueued::Accepted { waiting, .. } => *waiting,
+        Enqueued::Duplicate => panic!("a duplicate"),
+    };
+
+    // Two messages of group g on channels c-0, c-1: both handed over.
+    let first = store.enqueue(batch("a", "c", "g", 2)).await.unwrap();
+    assert_eq!(waiting(&first), 0);
+    let a: Vec<_> = (0..2).map(|_| handed.try_recv().unwrap()).collect();
+    assert_eq!(
+        a.iter().map(|m| m.channel_id.as_str()).collect::<Vec<_>>(),
+        ["c-0", "c-1"]
+    );
+    assert!(a.iter().all(|m| m.attempts == 0 && !m.payload.is_empty()));
+    assert!(a[0].id < a[1].id, "ids in insert order: {a:?}");
+
+    // The same group again while those are being sent: kept for the claim.
+    let second = store.enqueue(batch("b", "c", "g", 2)).await.unwrap();
+    assert_eq!(waiting(&second), 2);
+    assert!(handed.try_recv().is_err());
+
+    // Four messages without a group and room for three: one waits.
+    let third = store.enqueue(batch("c", "d", "", 4)).await.unwrap();
+    assert_eq!(waiting(&third), 1);
+    let c: Vec<_> = (0..3).map(|_| handed.try_recv().unwrap()).collect();
+    assert!(handed.try_recv().is_err());
+
+    // Another owner's claim finds the one left over only: the handed-over
+    // ones are leased, the second batch waits behind the first.
+    let now = now_ms();
+    let claimed = store.claim("there", now, now + 60_000, 100).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].channel_id, "d-3");
+
+    // The handed-over messages are leased to "here": its records apply.
+    let delivered = |m: &notimeter::store::ClaimedMessage| AttemptRecord {
+        message_id: m.id,
+        user_id: m.user_id.clone(),
+        integration: m.integration,
+        attempt: 1,
+        started_at: now,
+        duration_ms: 1,
+        result: Some(notimeter::domain::AttemptResult::Success),
+        status_code: Some(200),
+        error: None,
+        segments: None,
+        attempted: true,
+        outcome: Outcome::Delivered,
+        finished_at: now,
+    };
+    let records: Vec<_> = a.iter().chain(&c).map(delivered).collect();
+    assert_eq!(
+        store.record("there", &records).await.unwrap(),
+        vec![Recorded::LeaseLost; 5]
+    );
+    assert_eq!(
+        store.record("here", &records).await.unwrap(),
+        vec![Recorded::Applied; 5]
+    );
+
+    // Group g's first messages are final: the second batch is claimable now.
+    let now = now_ms();
+    let claimed = store.claim("there", now, now + 60_000, 100).await.unwrap();
+    let mut channels: Vec<_> = claimed.iter().map(|m| m.channel_id.as_str()).collect();
+    channels.sort();
+    assert_eq!(channels, ["c-0", "c-1"]);
+
+    // Stopped: nothing more is handed over.
+    store.stop_handoff();
+    let fourth = store.enqueue(batch("d", "e", "", 2)).await.unwrap();
+    assert_eq!(waiting(&fourth), 2);
+    assert!(handed.try_recv().is_err());
 }
