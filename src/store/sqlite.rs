@@ -55,18 +55,10 @@ impl Pools {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options.clone())
         };
-        // The writer never checkpoints: a checkpoint copies the WAL's pages
-        // into the database file and syncs it, milliseconds that would hold
-        // up every commit queued behind it (ingest's among them). A reader
-        // connection does it in the background instead (see `checkpoints`).
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
-        let reader = pool(4).await?;
-        tokio::spawn(checkpoints(reader.clone()));
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer: pool(1).await?,
+            reader: pool(4).await?,
+        })
     }
 
     pub(super) async fn migrate(&self) -> Result<()> {
@@ -78,35 +70,6 @@ impl Pools {
     /// write lock instead of failing to upgrade a read.
     pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
-    }
-}
-
-/// How often the WAL is checkpointed (at its default size of 1,000 pages,
-/// SQLite's own autocheckpoint would run about as often under a heavy load).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on a reader connection,
-/// until the pool is closed. `PASSIVE`: it copies what no reader still needs
-/// and never waits for the writer or a reader, so neither waits for it; the
-/// writer starts the WAL over once a checkpoint has copied all of it. (The
-/// last connection to close checkpoints what is left, as SQLite always does.)
-async fn checkpoints(reader: SqlitePool) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if reader.is_closed() {
-            return;
-        }
-        let done = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&reader)
-            .await;
-        if let Err(e) = done {
-            if reader.is_closed() {
-                return;
-            }
-            tracing::debug!(error = %e, "checkpointing the WAL failed; trying again");
-        }
     }
 }
 
