@@ -494,16 +494,16 @@ impl Dispatcher {
             }
             let records: Vec<AttemptRecord> = batch.iter().map(|f| f.record.clone()).collect();
             let mut tries = 0;
-            let applied = loop {
-                match self.store.record(&self.owner, &records).await {
-                    Ok(applied) => break applied,
+            let (applied, released) = loop {
+                match self.store.record_telling(&self.owner, &records).await {
+                    Ok(done) => break done,
                     Err(e) => {
                         tries += 1;
                         error!(error = ?anyhow::Error::from(e), tries, "recording attempts failed; retrying");
                         if tries >= 20 {
                             // The leases expire and the messages are sent again:
                             // at least once, never lost.
-                            break vec![Recorded::LeaseLost; records.len()];
+                            break (vec![Recorded::LeaseLost; records.len()], true);
                         }
                         tokio::time::sleep(Duration::from_millis(250 * tries)).await;
                     }
@@ -518,8 +518,12 @@ impl Dispatcher {
             for (f, recorded) in batch.drain(..).zip(applied) {
                 self.count(&f, recorded);
             }
-            // A final outcome may let the next message of its group go.
-            self.wake.notify_one();
+            // A final outcome may have let the next message of its group
+            // go: claim it now. (Otherwise there is nothing new to claim:
+            // claiming anyway took the writer once per batch recorded.)
+            if released {
+                self.wake.notify_one();
+            }
         }
     }
 

@@ -272,17 +272,33 @@ impl Store {
     /// its lease may write: a message taken over after an expired lease is
     /// counted by its new holder, never twice. Returns, per record, whether it
     /// was applied.
+    pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
+        Ok(self.record_telling(owner, records).await?.0)
+    }
+
+    /// [`Store::record`], also telling whether a message may now be claimed
+    /// that could not be before: a pending message of a group whose older
+    /// message these records made final (or superseded). Only then does the
+    /// dispatcher need to claim at once.
     #[tracing::instrument(name = "store.record", skip_all, fields(
         records = records.len(),
         message_id = records.first().map(|r| r.message_id),
     ))]
-    pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
+    pub async fn record_telling(
+        &self,
+        owner: &str,
+        records: &[AttemptRecord],
+    ) -> Result<(Vec<Recorded>, bool)> {
         let (owner, records) = (owner.to_owned(), records.to_vec());
         self.detached(move |store| async move { store.record_now(&owner, &records).await })
             .await
     }
 
-    async fn record_now(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
+    async fn record_now(
+        &self,
+        owner: &str,
+        records: &[AttemptRecord],
+    ) -> Result<(Vec<Recorded>, bool)> {
         let mut tx = self.write_tx().await?;
         lock_waiting_groups(&mut tx, records).await?;
         // The open period, and the time outcomes become final: read once,
@@ -292,13 +308,16 @@ impl Store {
         // Final outcomes (the common case) are written a few statements for
         // all of them; those that send a message back to wait, one by one.
         let finals: Vec<&AttemptRecord> = records.iter().filter(|r| !waits(r.outcome)).collect();
-        let mut applied = finish_many(&mut tx, owner, &finals, &mut period)
-            .await?
-            .into_iter();
+        let (applied, groups) = finish_many(&mut tx, owner, &finals, &mut period).await?;
+        let mut released = has_pending_in_groups(&mut tx, &groups).await?;
+        let mut applied = applied.into_iter();
         let mut recorded = Vec::with_capacity(records.len());
         for r in records {
             recorded.push(if waits(r.outcome) {
-                record_waiting(&mut tx, owner, r, &mut period).await?
+                let done = record_waiting(&mut tx, owner, r, &mut period).await?;
+                // Superseded: the newer message of its group may go.
+                released |= done == Recorded::Superseded;
+                done
             } else if applied.next() == Some(true) {
                 Recorded::Applied
             } else {
@@ -306,7 +325,7 @@ impl Store {
             });
         }
         tx.commit().await?;
-        Ok(recorded)
+        Ok((recorded, released))
     }
 
     pub async fn pending_count(&self) -> Result<i64> {
@@ -598,12 +617,13 @@ async fn finish_many(
     owner: &str,
     finals: &[&AttemptRecord],
     period: &mut PeriodNow,
-) -> Result<Vec<bool>> {
+) -> Result<(Vec<bool>, Vec<GroupOf>)> {
     if finals.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let (period_id, final_at) = period_now(tx, period).await?;
     let mut applied = std::collections::HashSet::new();
+    let mut groups = Vec::new();
     for chunk in finals.chunks(ROWS_PER_STATEMENT) {
         let n = chunk.len() * 6;
         let sql = format!(
@@ -612,14 +632,14 @@ async fn finish_many(
                paced = FALSE, lease_owner = NULL, lease_until = NULL \
              FROM (VALUES {}) AS v \
              WHERE messages.id = v.column1 AND messages.state = 'pending' AND messages.lease_owner = ${} \
-             RETURNING messages.id",
+             RETURNING messages.id, messages.user_id, messages.channel_id, messages.group_key",
             n + 1,
             n + 2,
             placeholders(chunk.len(), 6),
             n + 3
         );
-        let ids: Vec<i64> = on!(tx.conn(), |c| {
-            let mut q = sqlx::query_scalar(&sql);
+        let rows: Vec<(i64, String, String, String)> = on!(tx.conn(), |c| {
+            let mut q = sqlx::query_as(&sql);
             for r in chunk {
                 let state = if r.outcome == Outcome::Delivered {
                     Final::Delivered
@@ -640,7 +660,12 @@ async fn finish_many(
                 .fetch_all(c)
                 .await?
         });
-        applied.extend(ids);
+        for (id, user_id, channel_id, group_key) in rows {
+            applied.insert(id);
+            if !group_key.is_empty() {
+                groups.push((user_id, channel_id, group_key));
+            }
+        }
     }
     let done: Vec<&AttemptRecord> = finals
         .iter()
@@ -650,10 +675,37 @@ async fn finish_many(
     let attempted: Vec<&AttemptRecord> = done.iter().copied().filter(|r| r.attempted).collect();
     insert_attempts(tx, &attempted).await?;
     count_usage_many(tx, &period_id, &done).await?;
-    Ok(finals
+    let applied = finals
         .iter()
         .map(|r| applied.contains(&r.message_id))
-        .collect())
+        .collect();
+    Ok((applied, groups))
+}
+
+/// Whether any of `groups` has a message pending (which the claim held
+/// back while an older one of its group was).
+async fn has_pending_in_groups(tx: &mut Tx, groups: &[GroupOf]) -> Result<bool> {
+    for chunk in groups.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT 1 FROM (VALUES {}) AS v \
+             WHERE (SELECT 1 FROM messages m WHERE m.user_id = v.column1 \
+                      AND m.channel_id = v.column2 AND m.group_key = v.column3 \
+                      AND m.state = 'pending' LIMIT 1) IS NOT NULL \
+             LIMIT 1",
+            placeholders(chunk.len(), 3)
+        );
+        let any: Option<i32> = on!(tx.conn(), |c| {
+            let mut q = sqlx::query_scalar(&sql);
+            for (user_id, channel_id, group_key) in chunk {
+                q = q.bind(user_id).bind(channel_id).bind(group_key);
+            }
+            q.fetch_optional(c).await?
+        });
+        if any.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn insert_attempts(tx: &mut Tx, records: &[&AttemptRecord]) -> Result<()> {

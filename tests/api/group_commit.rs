@@ -222,9 +222,11 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
         store.record("there", &records).await.unwrap(),
         vec![Recorded::LeaseLost; 5]
     );
+    // Recording them tells that a held-back message may now go (the
+    // second batch waits behind group g's first).
     assert_eq!(
-        store.record("here", &records).await.unwrap(),
-        vec![Recorded::Applied; 5]
+        store.record_telling("here", &records).await.unwrap(),
+        (vec![Recorded::Applied; 5], true)
     );
 
     // Group g's first messages are final: the second batch is claimable now.
@@ -233,6 +235,12 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
     let mut channels: Vec<_> = claimed.iter().map(|m| m.channel_id.as_str()).collect();
     channels.sort();
     assert_eq!(channels, ["c-0", "c-1"]);
+    // Those were the last of group g: recording them releases nothing.
+    let records: Vec<_> = claimed.iter().map(delivered).collect();
+    assert_eq!(
+        store.record_telling("there", &records).await.unwrap(),
+        (vec![Recorded::Applied; 2], false)
+    );
 
     // Stopped: nothing more is handed over.
     store.stop_handoff();
