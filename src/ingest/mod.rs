@@ -218,7 +218,6 @@ fn store_and_count(
 ) -> tokio::task::JoinHandle<Result<Enqueued, StoreError>> {
     let undeliverable: Vec<UndeliverableReason> =
         batch.undeliverable.iter().map(|u| u.reason).collect();
-
     let task = async move {
         let stored = state.store.enqueue_telling(batch, Some(begun)).await?;
         drop(turn);

@@ -68,7 +68,7 @@ async fn write_group(store: &Store, mut jobs: Vec<Job>) {
     let (mut places, mut leasing) = (None, None);
     if let Some(h) = &handoff {
         let room = h.tx.capacity().min(messages);
-        if let Ok(reserved) = h.tx.try_reserve_many(room).map_err(|_| ()) {
+        if let Ok(reserved) = h.tx.try_reserve_many(room) {
             places = Some(reserved);
             leasing = Some(Leasing {
                 owner: h.owner.clone(),

@@ -309,7 +309,11 @@ impl Store {
         // all of them; those that send a message back to wait, one by one.
         let finals: Vec<&AttemptRecord> = records.iter().filter(|r| !waits(r.outcome)).collect();
         let (applied, groups) = finish_many(&mut tx, owner, &finals, &mut period).await?;
-        let mut released = has_pending_in_groups(&mut tx, &groups).await?;
+        let groups: Vec<GroupRef> = groups
+            .iter()
+            .map(|(u, c, g)| (u.as_str(), c.as_str(), g.as_str()))
+            .collect();
+        let mut released = !pending_groups(&mut tx, &groups, true).await?.is_empty();
         let mut applied = applied.into_iter();
         let mut recorded = Vec::with_capacity(records.len());
         for r in records {
@@ -416,7 +420,7 @@ async fn enqueue_many(
     for (i, b) in &fresh {
         for (j, m) in b.messages.iter().enumerate() {
             let lease = match leasing.as_deref_mut() {
-                Some(l) if l.room > 0 && !busy.contains(&group_of(m)) => {
+                Some(l) if l.room > 0 && (busy.is_empty() || !busy.contains(&group_of(m))) => {
                     l.room -= 1;
                     true
                 }
@@ -457,6 +461,9 @@ async fn enqueue_many(
 
 /// A message's (channel, group): user, channel, group key.
 type GroupOf = (String, String, String);
+
+/// The same, borrowed.
+type GroupRef<'a> = (&'a str, &'a str, &'a str);
 
 fn group_of(m: &NewMessage) -> GroupOf {
     (m.user_id.clone(), m.channel_id.clone(), m.group_key.clone())
@@ -513,43 +520,30 @@ async fn supersede_waiting_many(
     period: &mut PeriodNow,
 ) -> Result<(Vec<Vec<Superseded>>, std::collections::HashSet<GroupOf>)> {
     let mut superseded = vec![Vec::new(); batches.len()];
-    let mut busy = std::collections::HashSet::new();
     let grouped: Vec<(usize, &NewMessage)> = batches
         .iter()
         .enumerate()
         .flat_map(|(i, b)| b.messages.iter().map(move |m| (i, m)))
         .filter(|(_, m)| !m.group_key.is_empty())
         .collect();
-    for chunk in grouped.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
-             WHERE (SELECT 1 FROM messages m WHERE m.user_id = v.column1 \
-                      AND m.channel_id = v.column2 AND m.group_key = v.column3 \
-                      AND m.state = 'pending' LIMIT 1) IS NOT NULL",
-            placeholders(chunk.len(), 3)
-        );
-        // Rarely any: only then is each such message's group looked at
-        // again. (A subquery per row, so that each is an index look-up
-        // whatever the planner believes of the pending rows: a join was
-        // planned as a scan of every pending message, seconds for a backlog
-        // on PostgreSQL.)
-        let found: Vec<GroupOf> = on!(tx.conn(), |c| {
-            let mut q = sqlx::query_as(&sql);
-            for (_, m) in chunk {
-                q = q.bind(&m.user_id).bind(&m.channel_id).bind(&m.group_key);
-            }
-            q.fetch_all(c).await?
-        });
-        if found.is_empty() {
-            continue;
-        }
-        let found: std::collections::HashSet<GroupOf> = found.into_iter().collect();
-        for (i, m) in chunk {
-            if found.contains(&group_of(m)) {
+    let groups: Vec<GroupRef> = grouped
+        .iter()
+        .map(|(_, m)| {
+            (
+                m.user_id.as_str(),
+                m.channel_id.as_str(),
+                m.group_key.as_str(),
+            )
+        })
+        .collect();
+    let busy = pending_groups(tx, &groups, false).await?;
+    // Rarely any: only then is each such message's group looked at again.
+    if !busy.is_empty() {
+        for (i, m) in &grouped {
+            if busy.contains(&group_of(m)) {
                 supersede_waiting(tx, m, period, &mut superseded[*i]).await?;
             }
         }
-        busy.extend(found);
     }
     Ok((superseded, busy))
 }
@@ -684,28 +678,39 @@ async fn finish_many(
 
 /// Whether any of `groups` has a message pending (which the claim held
 /// back while an older one of its group was).
-async fn has_pending_in_groups(tx: &mut Tx, groups: &[GroupOf]) -> Result<bool> {
+/// Which of `groups` (user, channel, group key) have a message pending;
+/// with `first`, at most one of them (enough to tell whether any has). A
+/// subquery per row, so that each is an index look-up whatever the planner
+/// believes of the pending rows: a join was planned as a scan of every
+/// pending message, seconds for a backlog on PostgreSQL.
+async fn pending_groups(
+    tx: &mut Tx,
+    groups: &[GroupRef<'_>],
+    first: bool,
+) -> Result<std::collections::HashSet<GroupOf>> {
+    let mut found = std::collections::HashSet::new();
     for chunk in groups.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "SELECT 1 FROM (VALUES {}) AS v \
+            "SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
              WHERE (SELECT 1 FROM messages m WHERE m.user_id = v.column1 \
                       AND m.channel_id = v.column2 AND m.group_key = v.column3 \
-                      AND m.state = 'pending' LIMIT 1) IS NOT NULL \
-             LIMIT 1",
-            placeholders(chunk.len(), 3)
+                      AND m.state = 'pending' LIMIT 1) IS NOT NULL{}",
+            placeholders(chunk.len(), 3),
+            if first { " LIMIT 1" } else { "" }
         );
-        let any: Option<i32> = on!(tx.conn(), |c| {
-            let mut q = sqlx::query_scalar(&sql);
+        let rows: Vec<GroupOf> = on!(tx.conn(), |c| {
+            let mut q = sqlx::query_as(&sql);
             for (user_id, channel_id, group_key) in chunk {
-                q = q.bind(user_id).bind(channel_id).bind(group_key);
+                q = q.bind(*user_id).bind(*channel_id).bind(*group_key);
             }
-            q.fetch_optional(c).await?
+            q.fetch_all(c).await?
         });
-        if any.is_some() {
-            return Ok(true);
+        found.extend(rows);
+        if first && !found.is_empty() {
+            break;
         }
     }
-    Ok(false)
+    Ok(found)
 }
 
 async fn insert_attempts(tx: &mut Tx, records: &[&AttemptRecord]) -> Result<()> {
