@@ -62,6 +62,8 @@ async fn enqueue_dropped_at_every_await_point(backend: Backend) {
     let db = fresh_database(&backend, dir.path()).await;
     let store = store::connect(&db.url).await.unwrap();
     store.migrate(now_ms()).await.unwrap();
+    // As when a dispatcher runs: messages are handed over leased at insert.
+    let mut handed = store.hand_off_to("here", Duration::from_secs(60), 4096);
 
     let mut dropped = 0;
     for polls in 0.. {
@@ -103,8 +105,25 @@ async fn enqueue_dropped_at_every_await_point(backend: Backend) {
         assert!(polls < 10_000, "enqueue never completed");
     }
     assert!(dropped > 0);
+    // Each stored message was handed over once, leased to "here" (the
+    // writer answers in order, so the last answer came after every send).
+    let mut ids = Vec::new();
+    while let Ok(m) = handed.try_recv() {
+        ids.push(m.id);
+    }
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "a message handed over twice");
     store.close().await;
     drop(store);
+    let stored: i64 = query_one(&db.url, "SELECT COUNT(*) FROM messages").await;
+    let leased: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages WHERE lease_owner = 'here'",
+    )
+    .await;
+    assert_eq!((stored, leased), (count as i64, count as i64));
 
     // Every batch is whole or absent: two messages per channel, or none.
     for polls in 0..dropped {
