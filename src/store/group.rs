@@ -11,6 +11,11 @@
 //! it is answered, so a request that goes away (a client hanging up, a
 //! timeout) leaves its write to run to its end; a retry is then a duplicate.
 //!
+//! The dispatchers' outcomes go the same way: what the recorder hands over
+//! is written in the same transaction as the ingest batches waiting with it
+//! (outcomes first), so that one commit serves both, and neither waits for
+//! the other's.
+//!
 //! Where this process runs a dispatcher, the writer leases the messages it
 //! inserts to it (as many as it has room for, in the same transaction) and
 //! hands them over once committed: they need no claim, which is a write
@@ -19,18 +24,33 @@
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::outbox::Leasing;
-use super::{ClaimedMessage, Enqueued, IngestBatch, Result, Store, StoreError};
+use super::outbox::{Leasing, Outcomes};
+use super::{
+    AttemptRecord, ClaimedMessage, Enqueued, IngestBatch, Recorded, Result, Store, StoreError,
+};
 
-/// Batches written in one transaction at most.
+/// Jobs (batches and outcome lists) written in one transaction at most.
 const MAX_GROUP: usize = 256;
 
-/// Batches waiting for the writer at most; a request beyond that waits for
+/// Jobs waiting for the writer at most; a request beyond that waits for
 /// a place (within its `store_timeout`).
 const QUEUE: usize = 1024;
 
+/// What the writer is given: a request's batch, or a dispatcher's outcomes.
+pub(super) enum Job {
+    Ingest(IngestJob),
+    Record(RecordJob),
+}
+
+/// A dispatcher's finished attempts, and where their answer goes.
+pub(super) struct RecordJob {
+    pub owner: String,
+    pub records: Vec<AttemptRecord>,
+    pub done: oneshot::Sender<Result<(Vec<Recorded>, bool)>>,
+}
+
 /// One request's batch, and where its answer goes.
-pub(super) struct Job {
+pub(super) struct IngestJob {
     pub batch: IngestBatch,
     /// Told once the write transaction holding the batch has begun.
     pub begun: Option<oneshot::Sender<()>>,
@@ -52,14 +72,21 @@ pub(super) fn start(store: Store) -> Queue {
 async fn write_groups(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
-        let span = tracing::debug_span!("store.group_commit", batches = jobs.len());
+        let span = tracing::debug_span!("store.group_commit", jobs = jobs.len());
         write_group(&store, std::mem::take(&mut jobs))
             .instrument(span)
             .await;
     }
 }
 
-async fn write_group(store: &Store, mut jobs: Vec<Job>) {
+async fn write_group(store: &Store, all: Vec<Job>) {
+    let (mut jobs, mut outcomes) = (Vec::with_capacity(all.len()), Vec::new());
+    for job in all {
+        match job {
+            Job::Ingest(j) => jobs.push(j),
+            Job::Record(r) => outcomes.push(r),
+        }
+    }
     let begun: Vec<oneshot::Sender<()>> = jobs.iter_mut().filter_map(|j| j.begun.take()).collect();
     // Places on the way to this process's dispatcher, taken before the
     // write: as many messages are leased at insert (and need no claim).
@@ -79,9 +106,21 @@ async fn write_group(store: &Store, mut jobs: Vec<Job>) {
         }
     }
     let batches: Vec<&IngestBatch> = jobs.iter().map(|j| &j.batch).collect();
-    let written = store.enqueue_group(&batches, begun, leasing.as_mut()).await;
+    let lists: Vec<Outcomes> = outcomes
+        .iter()
+        .map(|r| Outcomes {
+            owner: &r.owner,
+            records: &r.records,
+        })
+        .collect();
+    let written = store
+        .write_group(&lists, &batches, begun, leasing.as_mut())
+        .await;
     match written {
-        Ok(results) => {
+        Ok((recorded, results)) => {
+            for (r, recorded) in outcomes.into_iter().zip(recorded) {
+                let _ = r.done.send(Ok(recorded));
+            }
             if let (Some(places), Some(leasing)) = (places.as_mut(), leasing) {
                 for (b, m, id) in leasing.leased {
                     let batch = &mut jobs[b].batch;
@@ -106,13 +145,21 @@ async fn write_group(store: &Store, mut jobs: Vec<Job>) {
                 let _ = job.done.send(Ok(result));
             }
         }
-        Err(e) if jobs.len() == 1 => {
-            let job = jobs.pop().expect("one job");
-            let _ = job.done.send(Err(e));
-        }
+        Err(e) if jobs.len() + outcomes.len() == 1 => match (jobs.pop(), outcomes.pop()) {
+            (Some(job), _) => {
+                let _ = job.done.send(Err(e));
+            }
+            (_, Some(r)) => {
+                let _ = r.done.send(Err(e));
+            }
+            (None, None) => {}
+        },
         Err(e) => {
-            tracing::warn!(error = %e, batches = jobs.len(),
-                "a grouped ingest write failed; writing its batches one by one");
+            tracing::warn!(error = %e, batches = jobs.len(), outcome_lists = outcomes.len(),
+                "a grouped write failed; writing its parts one by one");
+            for r in outcomes {
+                let _ = r.done.send(store.record_now(&r.owner, &r.records).await);
+            }
             for job in jobs {
                 let result = store
                     .enqueue_group(&[&job.batch], Vec::new(), None)
@@ -132,17 +179,39 @@ pub(super) async fn enqueue_grouped(
     begun: Option<oneshot::Sender<()>>,
 ) -> Result<Enqueued> {
     let (done, answer) = oneshot::channel();
-    let job = Job {
+    let job = Job::Ingest(IngestJob {
         batch,
         begun,
         done,
         span: tracing::Span::current(),
-    };
+    });
+    hand_over(queue, job, answer).await
+}
+
+/// Hands a dispatcher's finished attempts to the writer and waits for its
+/// answer (see [`Store::record_telling`]).
+pub(super) async fn record_grouped(
+    queue: &Queue,
+    owner: &str,
+    records: &[AttemptRecord],
+) -> Result<(Vec<Recorded>, bool)> {
+    let (done, answer) = oneshot::channel();
+    let job = Job::Record(RecordJob {
+        owner: owner.to_owned(),
+        records: records.to_vec(),
+        done,
+    });
+    hand_over(queue, job, answer).await
+}
+
+/// Queues `job` for the writer, then waits for `answer`. Dropped at any
+/// await, it leaves the job, once queued, to be written to its end.
+async fn hand_over<T>(queue: &Queue, job: Job, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
     queue
         .send(job)
         .await
         .map_err(|_| StoreError::Interrupted("the store is closing".into()))?;
     answer
         .await
-        .map_err(|_| StoreError::Interrupted("the ingest writer stopped".into()))?
+        .map_err(|_| StoreError::Interrupted("the writer stopped".into()))?
 }

@@ -142,21 +142,48 @@ impl Store {
         &self,
         batches: &[&IngestBatch],
         begun: Vec<tokio::sync::oneshot::Sender<()>>,
-        mut leasing: Option<&mut Leasing>,
+        leasing: Option<&mut Leasing>,
     ) -> Result<Vec<Enqueued>> {
+        Ok(self.write_group(&[], batches, begun, leasing).await?.1)
+    }
+
+    /// One transaction of the writer's (see `group.rs`): first `outcomes`,
+    /// the attempts that dispatchers of this process finished, then
+    /// `batches`, as [`Store::enqueue_group`] writes them. Outcomes go first
+    /// so that a message made final here no longer holds back a new one of
+    /// its group. Returns, per outcome list, what [`Store::record_telling`]
+    /// does, and per batch what [`Store::enqueue_group`] does.
+    pub(super) async fn write_group(
+        &self,
+        outcomes: &[Outcomes<'_>],
+        batches: &[&IngestBatch],
+        begun: Vec<tokio::sync::oneshot::Sender<()>>,
+        mut leasing: Option<&mut Leasing>,
+    ) -> Result<(Vec<(Vec<Recorded>, bool)>, Vec<Enqueued>)> {
         let mut tx = self.write_tx().await?;
         for b in begun {
             let _ = b.send(());
         }
-        // Every group of every batch, locked up front in one sorted order, so
-        // that two grouped writers (replicas) never wait on each other.
-        let groups = batches
-            .iter()
-            .flat_map(|b| b.messages.iter())
-            .filter(|m| !m.group_key.is_empty())
-            .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key));
-        lock_groups(&mut tx, groups).await?;
+        // Every group of every batch and of every outcome that sends its
+        // message back to wait, locked up front in one sorted order, so that
+        // two grouped writers (replicas) never wait on each other.
+        let mut groups = waiting_group_keys(&mut tx, outcomes).await?;
+        groups.extend(
+            batches
+                .iter()
+                .flat_map(|b| b.messages.iter())
+                .filter(|m| !m.group_key.is_empty())
+                .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key)),
+        );
+        lock_groups(&mut tx, groups.into_iter()).await?;
+        // The open period, and the time outcomes become final: read once,
+        // under the period lock, so that every final_at lies inside the
+        // period billing it.
         let mut period = PeriodNow::new(&self.clock);
+        let mut recorded = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            recorded.push(record_in(&mut tx, o.owner, o.records, &mut period).await?);
+        }
         let results = if repeats_within(batches) {
             // Two batches of one group that share a dedupe key or a (channel,
             // group): each must see the one before it, so one at a time.
@@ -170,7 +197,7 @@ impl Store {
             enqueue_many(&mut tx, batches, 0, &mut period, leasing).await?
         };
         tx.commit().await?;
-        Ok(results)
+        Ok((recorded, results))
     }
 
     /// Deletes up to `limit` dedupe keys expired by `now`; returns how many.
@@ -289,47 +316,25 @@ impl Store {
         owner: &str,
         records: &[AttemptRecord],
     ) -> Result<(Vec<Recorded>, bool)> {
-        let (owner, records) = (owner.to_owned(), records.to_vec());
-        self.detached(move |store| async move { store.record_now(&owner, &records).await })
-            .await
+        match &self.ingest {
+            Some(queue) => group::record_grouped(queue, owner, records).await,
+            None => {
+                let (owner, records) = (owner.to_owned(), records.to_vec());
+                self.detached(move |store| async move { store.record_now(&owner, &records).await })
+                    .await
+            }
+        }
     }
 
-    async fn record_now(
+    /// Records `records` in a transaction of their own.
+    pub(super) async fn record_now(
         &self,
         owner: &str,
         records: &[AttemptRecord],
     ) -> Result<(Vec<Recorded>, bool)> {
-        let mut tx = self.write_tx().await?;
-        lock_waiting_groups(&mut tx, records).await?;
-        // The open period, and the time outcomes become final: read once,
-        // under the period lock, so that every final_at lies inside the
-        // period billing it.
-        let mut period = PeriodNow::new(&self.clock);
-        // Final outcomes (the common case) are written a few statements for
-        // all of them; those that send a message back to wait, one by one.
-        let finals: Vec<&AttemptRecord> = records.iter().filter(|r| !waits(r.outcome)).collect();
-        let (applied, groups) = finish_many(&mut tx, owner, &finals, &mut period).await?;
-        let groups: Vec<GroupRef> = groups
-            .iter()
-            .map(|(u, c, g)| (u.as_str(), c.as_str(), g.as_str()))
-            .collect();
-        let mut released = !pending_groups(&mut tx, &groups, true).await?.is_empty();
-        let mut applied = applied.into_iter();
-        let mut recorded = Vec::with_capacity(records.len());
-        for r in records {
-            recorded.push(if waits(r.outcome) {
-                let done = record_waiting(&mut tx, owner, r, &mut period).await?;
-                // Superseded: the newer message of its group may go.
-                released |= done == Recorded::Superseded;
-                done
-            } else if applied.next() == Some(true) {
-                Recorded::Applied
-            } else {
-                Recorded::LeaseLost
-            });
-        }
-        tx.commit().await?;
-        Ok((recorded, released))
+        let outcomes = [Outcomes { owner, records }];
+        let (mut recorded, _) = self.write_group(&outcomes, &[], Vec::new(), None).await?;
+        Ok(recorded.pop().expect("one outcome list"))
     }
 
     pub async fn pending_count(&self) -> Result<i64> {
@@ -853,12 +858,15 @@ async fn supersede_waiting(
 /// wait, where the backend has group locks: a newer message of the group
 /// is then either committed before (and the record supersedes) or enqueued
 /// after (and supersedes the waiting one).
-async fn lock_waiting_groups(tx: &mut Tx, records: &[AttemptRecord]) -> Result<()> {
+/// The lock keys of the groups whose messages `outcomes` send back to
+/// wait (none where the backend takes no group locks).
+async fn waiting_group_keys(tx: &mut Tx, outcomes: &[Outcomes<'_>]) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
     if !locks_groups(tx) {
-        return Ok(());
+        return Ok(keys);
     }
-    let mut groups = Vec::new();
-    for r in records.iter().filter(|r| waits(r.outcome)) {
+    let waiting = outcomes.iter().flat_map(|o| o.records.iter());
+    for r in waiting.filter(|r| waits(r.outcome)) {
         let row: Option<(String, String, String)> = on!(tx.conn(), |c| sqlx::query_as(
             "SELECT user_id, channel_id, group_key FROM messages WHERE id = $1"
         )
@@ -866,10 +874,51 @@ async fn lock_waiting_groups(tx: &mut Tx, records: &[AttemptRecord]) -> Result<(
         .fetch_optional(c)
         .await?);
         if let Some((user_id, channel_id, group)) = row.filter(|(_, _, g)| !g.is_empty()) {
-            groups.push(group_lock_key(&user_id, &channel_id, &group));
+            keys.push(group_lock_key(&user_id, &channel_id, &group));
         }
     }
-    lock_groups(tx, groups.into_iter()).await
+    Ok(keys)
+}
+
+/// Attempts one dispatcher finished, to record.
+pub(super) struct Outcomes<'a> {
+    /// The dispatcher: only a lease it still holds is written.
+    pub owner: &'a str,
+    pub records: &'a [AttemptRecord],
+}
+
+/// Records `records` in `tx` (their groups locked): per record whether it
+/// was applied, and whether a held-back message of a group may now go.
+async fn record_in(
+    tx: &mut Tx,
+    owner: &str,
+    records: &[AttemptRecord],
+    period: &mut PeriodNow,
+) -> Result<(Vec<Recorded>, bool)> {
+    // Final outcomes (the common case) are written a few statements for
+    // all of them; those that send a message back to wait, one by one.
+    let finals: Vec<&AttemptRecord> = records.iter().filter(|r| !waits(r.outcome)).collect();
+    let (applied, groups) = finish_many(tx, owner, &finals, period).await?;
+    let groups: Vec<GroupRef> = groups
+        .iter()
+        .map(|(u, c, g)| (u.as_str(), c.as_str(), g.as_str()))
+        .collect();
+    let mut released = !pending_groups(tx, &groups, true).await?.is_empty();
+    let mut applied = applied.into_iter();
+    let mut recorded = Vec::with_capacity(records.len());
+    for r in records {
+        recorded.push(if waits(r.outcome) {
+            let done = record_waiting(tx, owner, r, period).await?;
+            // Superseded: the newer message of its group may go.
+            released |= done == Recorded::Superseded;
+            done
+        } else if applied.next() == Some(true) {
+            Recorded::Applied
+        } else {
+            Recorded::LeaseLost
+        });
+    }
+    Ok((recorded, released))
 }
 
 /// Whether an outcome sends its message back to wait (a retry, a deferral).
