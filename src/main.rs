@@ -8,6 +8,12 @@ use notimeter::cli::{Cli, Command, ImportCommand, LedgerCommand};
 use notimeter::commands;
 use notimeter::config::Settings;
 
+/// jemalloc rather than the system allocator: the core path allocates per
+/// request and per message on several threads, where glibc's allocator
+/// took a tenth of the writer thread's time and kept more memory.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
