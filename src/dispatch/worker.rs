@@ -16,6 +16,10 @@ use super::limits::PlanLimits;
 use super::pace::Pacer;
 use super::retry::RetryPolicy;
 use super::{Reason, Registry, SendContext, SendError, Sent};
+
+/// How long a claim waits for more workers to be free, once one is (see
+/// [`Dispatcher::run`]).
+const CLAIM_WAIT: Duration = Duration::from_millis(5);
 use crate::clock::{duration_ms, Clock};
 use crate::config::{DispatchSettings, Settings};
 use crate::domain::{AttemptResult, ChannelSettings, Templates, WebhookPayload};
@@ -128,11 +132,26 @@ impl Dispatcher {
         let mut tasks = JoinSet::new();
         let mut claim_now = true;
         let mut next_poll = tokio::time::Instant::now();
+        // With a backlog, a claim waits until a quarter of a batch's workers
+        // are free, or `CLAIM_WAIT` after the first one was: a claim of one
+        // message costs a write transaction as much as one of a full batch,
+        // and claiming each time a send ended made one per message or two.
+        let enough = (self.settings.batch_size.min(self.settings.workers) / 4).max(1);
+        let mut fill_by: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let mut batch = Vec::new();
-            if claim_now && permits.available_permits() > 0 {
-                let limit = permits.available_permits().min(self.settings.batch_size) as i64;
+            let free = permits.available_permits();
+            let few = free < enough;
+            if free == 0 || !few {
+                fill_by = None;
+            } else if fill_by.is_none() {
+                fill_by = Some(tokio::time::Instant::now() + CLAIM_WAIT);
+            }
+            let hold = few && fill_by.is_some_and(|t| tokio::time::Instant::now() < t);
+            if claim_now && free > 0 && !hold {
+                fill_by = None;
+                let limit = free.min(self.settings.batch_size) as i64;
                 let now = self.clock.now_ms();
                 let lease_until = now + duration_ms(self.settings.lease);
                 next_poll = tokio::time::Instant::now() + self.settings.poll_interval;
@@ -157,10 +176,13 @@ impl Dispatcher {
                     }
                 }
             } else if claim_now {
-                // Every worker busy: wait for one, taking what ingest hands over meanwhile.
+                // Too few workers free: wait for more (or for `fill_by`),
+                // taking what ingest hands over meanwhile.
+                let fill = fill_by.unwrap_or_else(tokio::time::Instant::now);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tasks.join_next() => {}
+                    _ = tokio::time::sleep_until(fill), if fill_by.is_some() => {}
                     Some(msg) = handed.recv() => batch.push(msg),
                 }
             } else {

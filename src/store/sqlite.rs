@@ -48,7 +48,13 @@ impl Pools {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (the multi-row statements' undo within a
+            // transaction) in memory, not in temporary files.
+            .pragma("temp_store", "memory")
+            // A 16 MiB page cache (the default is 2 MiB): the outbox's
+            // working set under a backlog, read from memory, not the OS.
+            .pragma("cache_size", "-16384");
         let pool = |max| {
             SqlitePoolOptions::new()
                 .max_connections(max)
