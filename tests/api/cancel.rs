@@ -238,6 +238,7 @@ async fn clients_hanging_up_do_not_wedge_the_store(backend: Backend) {
 
 on_both_backends!(
     enqueue_dropped_at_every_await_point,
+    record_dropped_at_every_await_point,
     clients_hanging_up_do_not_wedge_the_store,
     reconciliation_begin_dropped_at_every_await_point,
     redelivery_dropped_at_every_await_point,
@@ -344,4 +345,120 @@ async fn redelivery_dropped_at_every_await_point(backend: Backend) {
         store.redeliver(1, "again".into(), now_ms()).await.unwrap(),
         store::Redelivery::Already(id) if id == marked
     ));
+}
+
+/// Records an outcome, dropping the call after 0, 1, 2, … polls, while an
+/// enqueue runs beside it (the two share the writer's transaction): each
+/// dropped record is applied whole (the message delivered, one attempt row,
+/// counted once) or not at all, the enqueue beside it is accepted, the next
+/// record works, and a message recorded again is not counted twice.
+async fn record_dropped_at_every_await_point(backend: Backend) {
+    use notimeter::store::{AttemptRecord, Outcome, Recorded};
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+    let mut handed = store.hand_off_to("here", Duration::from_secs(60), 4096);
+    let delivered = |id: i64| AttemptRecord {
+        message_id: id,
+        user_id: "u1".into(),
+        integration: notimeter::domain::IntegrationKind::Webhook,
+        attempt: 1,
+        started_at: now_ms(),
+        duration_ms: 1,
+        result: Some(notimeter::domain::AttemptResult::Success),
+        status_code: Some(200),
+        error: None,
+        segments: None,
+        attempted: true,
+        outcome: Outcome::Delivered,
+        finished_at: now_ms(),
+    };
+    let next = |store: &std::sync::Arc<store::Store>, key: String| {
+        let store = store.clone();
+        async move {
+            assert!(matches!(
+                store.enqueue(batch(&key, &key)).await.unwrap(),
+                Enqueued::Accepted { .. }
+            ));
+        }
+    };
+    next(&store, "first".into()).await;
+    let mut recorded = Vec::new();
+    let mut dropped = 0;
+    for polls in 0.. {
+        let m = handed.try_recv().expect("a message handed over");
+        // An enqueue beside the record, so that both go in one transaction.
+        let beside = tokio::spawn(next(&store, format!("beside-{polls}")));
+        let outcome = DropAfter {
+            inner: Box::pin(store.record("here", &[delivered(m.id)])),
+            polls,
+        }
+        .await;
+        tokio::time::timeout(Duration::from_secs(10), beside)
+            .await
+            .unwrap_or_else(|_| panic!("the enqueue beside a record dropped at poll {polls} hung"))
+            .unwrap();
+        recorded.push(m.id);
+        if let Some(done) = outcome {
+            assert_eq!(done.unwrap(), vec![Recorded::Applied]);
+            break;
+        }
+        dropped += 1;
+        // The store takes the next record; the dropped one's message is
+        // either already final (then a second record is refused) or not.
+        let other = handed.try_recv().expect("a message handed over");
+        let again = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.record("here", &[delivered(other.id)]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("record after a drop at poll {polls} hung"));
+        assert_eq!(again.unwrap(), vec![Recorded::Applied]);
+        recorded.push(other.id);
+        if matches!(backend, Backend::Postgres(_)) {
+            eventually("no connection idle in a transaction", || async {
+                let open: i64 = query_one(
+                    &db.url,
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state LIKE 'idle in transaction%'",
+                )
+                .await;
+                open == 0
+            })
+            .await;
+        }
+        assert!(polls < 10_000, "record never completed");
+    }
+    // Dropped before it was queued, and at least once after (waiting for
+    // the writer's answer).
+    assert!(dropped >= 2, "dropped {dropped} times");
+    // Give a dropped record's write time to end (it runs on), then look.
+    store.close().await;
+    drop(store);
+    for id in &recorded {
+        let (state, attempts): (String, i64) = query_row(
+            &db.url,
+            &format!(
+                "SELECT state, (SELECT COUNT(*) FROM attempts WHERE message_id = {id}) \
+                 FROM messages WHERE id = {id}"
+            ),
+        )
+        .await;
+        assert!(
+            (state == "delivered" && attempts == 1) || (state == "pending" && attempts == 0),
+            "message {id}: {state} with {attempts} attempt rows"
+        );
+    }
+    let (delivered_rows, counted): (i64, i64) = query_row(
+        &db.url,
+        "SELECT (SELECT COUNT(*) FROM messages WHERE state = 'delivered'), \
+                (SELECT CAST(COALESCE(SUM(delivered), 0) AS BIGINT) FROM usage)",
+    )
+    .await;
+    assert_eq!(
+        delivered_rows, counted,
+        "usage counts each delivered message once"
+    );
+    assert!(delivered_rows > 0);
 }
