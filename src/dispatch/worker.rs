@@ -16,10 +16,6 @@ use super::limits::PlanLimits;
 use super::pace::Pacer;
 use super::retry::RetryPolicy;
 use super::{Reason, Registry, SendContext, SendError, Sent};
-
-/// How long a claim waits for more workers to be free, once one is (see
-/// [`Dispatcher::run`]).
-const CLAIM_WAIT: Duration = Duration::from_millis(5);
 use crate::clock::{duration_ms, Clock};
 use crate::config::{DispatchSettings, Settings};
 use crate::domain::{AttemptResult, ChannelSettings, Templates, WebhookPayload};
@@ -27,6 +23,10 @@ use crate::metering::{Final, Metrics};
 use crate::routing::{Routes, Sendable};
 use crate::store::{AttemptRecord, ClaimedMessage, Outcome, Recorded, Store, StoreError};
 use crate::templating::{self, Texts};
+
+/// How long a claim waits for more workers to be free, once one is (see
+/// [`Dispatcher::run`]).
+const CLAIM_WAIT: Duration = Duration::from_millis(5);
 
 pub struct Dispatcher {
     store: Arc<Store>,
@@ -142,13 +142,13 @@ impl Dispatcher {
             while tasks.try_join_next().is_some() {}
             let mut batch = Vec::new();
             let free = permits.available_permits();
-            let few = free < enough;
-            if free == 0 || !few {
+            // Set while some workers but too few are free.
+            if free == 0 || free >= enough {
                 fill_by = None;
-            } else if fill_by.is_none() {
-                fill_by = Some(tokio::time::Instant::now() + CLAIM_WAIT);
+            } else {
+                fill_by.get_or_insert_with(|| tokio::time::Instant::now() + CLAIM_WAIT);
             }
-            let hold = few && fill_by.is_some_and(|t| tokio::time::Instant::now() < t);
+            let hold = fill_by.is_some_and(|t| tokio::time::Instant::now() < t);
             if claim_now && free > 0 && !hold {
                 fill_by = None;
                 let limit = free.min(self.settings.batch_size) as i64;
@@ -514,10 +514,10 @@ impl Dispatcher {
                     Err(_) => break,
                 }
             }
-            let records: Vec<AttemptRecord> = batch.iter().map(|f| f.record.clone()).collect();
             let mut tries = 0;
             let (applied, released) = loop {
-                match self.store.record_telling(&self.owner, &records).await {
+                let records = batch.iter().map(|f| f.record.clone()).collect();
+                match self.store.record_telling(&self.owner, records).await {
                     Ok(done) => break done,
                     Err(e) => {
                         tries += 1;
@@ -525,7 +525,7 @@ impl Dispatcher {
                         if tries >= 20 {
                             // The leases expire and the messages are sent again:
                             // at least once, never lost.
-                            break (vec![Recorded::LeaseLost; records.len()], true);
+                            break (vec![Recorded::LeaseLost; batch.len()], true);
                         }
                         tokio::time::sleep(Duration::from_millis(250 * tries)).await;
                     }

@@ -145,15 +145,13 @@ async fn write_group(store: &Store, all: Vec<Job>) {
                 let _ = job.done.send(Ok(result));
             }
         }
-        Err(e) if jobs.len() + outcomes.len() == 1 => match (jobs.pop(), outcomes.pop()) {
-            (Some(job), _) => {
+        Err(e) if jobs.len() + outcomes.len() == 1 => {
+            if let Some(job) = jobs.pop() {
                 let _ = job.done.send(Err(e));
-            }
-            (_, Some(r)) => {
+            } else if let Some(r) = outcomes.pop() {
                 let _ = r.done.send(Err(e));
             }
-            (None, None) => {}
-        },
+        }
         Err(e) => {
             tracing::warn!(error = %e, batches = jobs.len(), outcome_lists = outcomes.len(),
                 "a grouped write failed; writing its parts one by one");
@@ -193,12 +191,12 @@ pub(super) async fn enqueue_grouped(
 pub(super) async fn record_grouped(
     queue: &Queue,
     owner: &str,
-    records: &[AttemptRecord],
+    records: Vec<AttemptRecord>,
 ) -> Result<(Vec<Recorded>, bool)> {
     let (done, answer) = oneshot::channel();
     let job = Job::Record(RecordJob {
         owner: owner.to_owned(),
-        records: records.to_vec(),
+        records,
         done,
     });
     hand_over(queue, job, answer).await

@@ -300,7 +300,7 @@ impl Store {
     /// counted by its new holder, never twice. Returns, per record, whether it
     /// was applied.
     pub async fn record(&self, owner: &str, records: &[AttemptRecord]) -> Result<Vec<Recorded>> {
-        Ok(self.record_telling(owner, records).await?.0)
+        Ok(self.record_telling(owner, records.to_vec()).await?.0)
     }
 
     /// [`Store::record`], also telling whether a message may now be claimed
@@ -314,12 +314,12 @@ impl Store {
     pub async fn record_telling(
         &self,
         owner: &str,
-        records: &[AttemptRecord],
+        records: Vec<AttemptRecord>,
     ) -> Result<(Vec<Recorded>, bool)> {
         match &self.ingest {
             Some(queue) => group::record_grouped(queue, owner, records).await,
             None => {
-                let (owner, records) = (owner.to_owned(), records.to_vec());
+                let owner = owner.to_owned();
                 self.detached(move |store| async move { store.record_now(&owner, &records).await })
                     .await
             }
@@ -681,8 +681,6 @@ async fn finish_many(
     Ok((applied, groups))
 }
 
-/// Whether any of `groups` has a message pending (which the claim held
-/// back while an older one of its group was).
 /// Which of `groups` (user, channel, group key) have a message pending;
 /// with `first`, at most one of them (enough to tell whether any has). A
 /// subquery per row, so that each is an index look-up whatever the planner
@@ -854,12 +852,10 @@ async fn supersede_waiting(
     Ok(())
 }
 
-/// Locks the (channel, group) of every record that would make its message
-/// wait, where the backend has group locks: a newer message of the group
-/// is then either committed before (and the record supersedes) or enqueued
-/// after (and supersedes the waiting one).
-/// The lock keys of the groups whose messages `outcomes` send back to
-/// wait (none where the backend takes no group locks).
+/// The lock keys of the groups whose messages `outcomes` send back to wait
+/// (none where the backend takes no group locks). Locked, they make a newer
+/// message of the group either committed before (and the record
+/// supersedes) or enqueued after (and supersedes the waiting one).
 async fn waiting_group_keys(tx: &mut Tx, outcomes: &[Outcomes<'_>]) -> Result<Vec<String>> {
     let mut keys = Vec::new();
     if !locks_groups(tx) {

@@ -89,19 +89,7 @@ async fn enqueue_dropped_at_every_await_point(backend: Backend) {
             again.unwrap_or_else(|e| panic!("enqueue after a drop at poll {polls}: {e:?}")),
             Enqueued::Accepted { .. }
         ));
-        if matches!(backend, Backend::Postgres(_)) {
-            // No connection is left holding a transaction open.
-            eventually("no connection idle in a transaction", || async {
-                let open: i64 = query_one(
-                    &db.url,
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND state LIKE 'idle in transaction%'",
-                )
-                .await;
-                open == 0
-            })
-            .await;
-        }
+        no_transaction_left_open(&backend, &db.url).await;
         assert!(polls < 10_000, "enqueue never completed");
     }
     assert!(dropped > 0);
@@ -142,6 +130,22 @@ async fn enqueue_dropped_at_every_await_point(backend: Backend) {
         )
         .await;
         assert_eq!(n, 2, "the enqueue after poll {polls}");
+    }
+}
+
+/// On PostgreSQL, waits until no connection is left idle in a transaction.
+async fn no_transaction_left_open(backend: &Backend, url: &str) {
+    if matches!(backend, Backend::Postgres(_)) {
+        eventually("no connection idle in a transaction", || async {
+            let open: i64 = query_one(
+                url,
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state LIKE 'idle in transaction%'",
+            )
+            .await;
+            open == 0
+        })
+        .await;
     }
 }
 
@@ -353,27 +357,12 @@ async fn redelivery_dropped_at_every_await_point(backend: Backend) {
 /// counted once) or not at all, the enqueue beside it is accepted, the next
 /// record works, and a message recorded again is not counted twice.
 async fn record_dropped_at_every_await_point(backend: Backend) {
-    use notimeter::store::{AttemptRecord, Outcome, Recorded};
+    use notimeter::store::Recorded;
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database(&backend, dir.path()).await;
     let store = store::connect(&db.url).await.unwrap();
     store.migrate(now_ms()).await.unwrap();
     let mut handed = store.hand_off_to("here", Duration::from_secs(60), 4096);
-    let delivered = |id: i64| AttemptRecord {
-        message_id: id,
-        user_id: "u1".into(),
-        integration: notimeter::domain::IntegrationKind::Webhook,
-        attempt: 1,
-        started_at: now_ms(),
-        duration_ms: 1,
-        result: Some(notimeter::domain::AttemptResult::Success),
-        status_code: Some(200),
-        error: None,
-        segments: None,
-        attempted: true,
-        outcome: Outcome::Delivered,
-        finished_at: now_ms(),
-    };
     let next = |store: &std::sync::Arc<store::Store>, key: String| {
         let store = store.clone();
         async move {
@@ -391,7 +380,7 @@ async fn record_dropped_at_every_await_point(backend: Backend) {
         // An enqueue beside the record, so that both go in one transaction.
         let beside = tokio::spawn(next(&store, format!("beside-{polls}")));
         let outcome = DropAfter {
-            inner: Box::pin(store.record("here", &[delivered(m.id)])),
+            inner: Box::pin(store.record("here", &[delivered(&m, now_ms())])),
             polls,
         }
         .await;
@@ -410,24 +399,13 @@ async fn record_dropped_at_every_await_point(backend: Backend) {
         let other = handed.try_recv().expect("a message handed over");
         let again = tokio::time::timeout(
             Duration::from_secs(10),
-            store.record("here", &[delivered(other.id)]),
+            store.record("here", &[delivered(&other, now_ms())]),
         )
         .await
         .unwrap_or_else(|_| panic!("record after a drop at poll {polls} hung"));
         assert_eq!(again.unwrap(), vec![Recorded::Applied]);
         recorded.push(other.id);
-        if matches!(backend, Backend::Postgres(_)) {
-            eventually("no connection idle in a transaction", || async {
-                let open: i64 = query_one(
-                    &db.url,
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND state LIKE 'idle in transaction%'",
-                )
-                .await;
-                open == 0
-            })
-            .await;
-        }
+        no_transaction_left_open(&backend, &db.url).await;
         assert!(polls < 10_000, "record never completed");
     }
     // Dropped before it was queued, and at least once after (waiting for

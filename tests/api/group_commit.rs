@@ -160,7 +160,7 @@ async fn concurrent_batches_come_out_as_they_would_alone(backend: Backend) {
 /// pending (being sent) is not handed over: the claim releases it after
 /// the older one, as before. Nothing is handed over twice or lost.
 async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(backend: Backend) {
-    use notimeter::store::{AttemptRecord, Outcome, Recorded};
+    use notimeter::store::Recorded;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database(&backend, dir.path()).await;
@@ -202,21 +202,7 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
     assert_eq!(claimed[0].channel_id, "d-3");
 
     // The handed-over messages are leased to "here": its records apply.
-    let delivered = |m: &notimeter::store::ClaimedMessage| AttemptRecord {
-        message_id: m.id,
-        user_id: m.user_id.clone(),
-        integration: m.integration,
-        attempt: 1,
-        started_at: now,
-        duration_ms: 1,
-        result: Some(notimeter::domain::AttemptResult::Success),
-        status_code: Some(200),
-        error: None,
-        segments: None,
-        attempted: true,
-        outcome: Outcome::Delivered,
-        finished_at: now,
-    };
+    let delivered = |m| delivered(m, now);
     let records: Vec<_> = a.iter().chain(&c).map(delivered).collect();
     assert_eq!(
         store.record("there", &records).await.unwrap(),
@@ -225,7 +211,7 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
     // Recording them tells that a held-back message may now go (the
     // second batch waits behind group g's first).
     assert_eq!(
-        store.record_telling("here", &records).await.unwrap(),
+        store.record_telling("here", records.clone()).await.unwrap(),
         (vec![Recorded::Applied; 5], true)
     );
 
@@ -238,7 +224,10 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
     // Those were the last of group g: recording them releases nothing.
     let records: Vec<_> = claimed.iter().map(delivered).collect();
     assert_eq!(
-        store.record_telling("there", &records).await.unwrap(),
+        store
+            .record_telling("there", records.clone())
+            .await
+            .unwrap(),
         (vec![Recorded::Applied; 2], false)
     );
 

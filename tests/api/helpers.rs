@@ -967,3 +967,22 @@ pub fn payload(receiver: &str, group_key: &str, alerts: Vec<Value>) -> Value {
         "alerts": alerts
     })
 }
+
+/// The record of a first attempt that delivered `m` at `at`.
+pub fn delivered(m: &notimeter::store::ClaimedMessage, at: i64) -> notimeter::store::AttemptRecord {
+    notimeter::store::AttemptRecord {
+        message_id: m.id,
+        user_id: m.user_id.clone(),
+        integration: m.integration,
+        attempt: 1,
+        started_at: at,
+        duration_ms: 1,
+        result: Some(notimeter::domain::AttemptResult::Success),
+        status_code: Some(200),
+        error: None,
+        segments: None,
+        attempted: true,
+        outcome: notimeter::store::Outcome::Delivered,
+        finished_at: at,
+    }
+}
