@@ -132,6 +132,9 @@ trait Dialect {
     /// Refreshes the planner's statistics of the outbox, where the plan of
     /// the claim depends on them (PostgreSQL; see `Store::claim`).
     const REFRESH_STATS: Option<&'static str>;
+    /// Whether multi-row statements run faster with anonymous `?`
+    /// parameters than with numbered ones (SQLite; see `outbox::for_backend`).
+    const POSITIONAL: bool;
 }
 
 /// A write transaction on either backend.

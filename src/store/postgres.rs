@@ -22,6 +22,7 @@ impl Dialect for Postgres {
     const READ_ONLY: Option<&'static str> =
         Some("SELECT (pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on')");
     const REFRESH_STATS: Option<&'static str> = Some("ANALYZE messages");
+    const POSITIONAL: bool = false;
 }
 
 pub(super) async fn connect(url: &str) -> Result<PgPool> {

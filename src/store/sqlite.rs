@@ -23,6 +23,7 @@ impl Dialect for Sqlite {
     const LOCK_GROUP: Option<&'static str> = None;
     const READ_ONLY: Option<&'static str> = None;
     const REFRESH_STATS: Option<&'static str> = None;
+    const POSITIONAL: bool = true;
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +59,9 @@ impl Pools {
         let pool = |max| {
             SqlitePoolOptions::new()
                 .max_connections(max)
+                // A connection to a local file cannot go stale: no ping
+                // (a round trip to SQLite's thread) before each use.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options.clone())
         };
