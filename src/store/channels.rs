@@ -322,7 +322,7 @@ fn decode_row(row: ChannelRow) -> std::result::Result<Channel, CorruptChannel> {
 /// Logs a change to one channel, in the writing transaction. Channel writers
 /// take one lock first (where the backend has locks), so versions are
 /// assigned in commit order.
-async fn log_change(tx: &mut Tx, user_id: &str, channel_id: &str, at: Millis) -> Result<()> {
+async fn log_change(tx: &mut Tx<'_>, user_id: &str, channel_id: &str, at: Millis) -> Result<()> {
     lock_groups(tx, std::iter::once("\u{1f}channel_log".to_owned())).await?;
     on!(tx.conn(), |c| sqlx::query(
         "INSERT INTO channel_log (user_id, channel_id, changed_at) VALUES ($1, $2, $3)"

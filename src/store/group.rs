@@ -16,6 +16,11 @@
 //! (outcomes first), so that one commit serves both, and neither waits for
 //! the other's.
 //!
+//! While jobs keep coming, the writer keeps its connection from one
+//! transaction to the next (at most [`HOLD`], then it gives it back so that
+//! claims and other writes take their turn): taking a connection from the
+//! pool and returning it cost as much as a statement per transaction.
+//!
 //! Where this process runs a dispatcher, the writer leases the messages it
 //! inserts to it (as many as it has room for, in the same transaction) and
 //! hands them over once committed: they need no claim, which is a write
@@ -26,11 +31,16 @@ use tracing::Instrument;
 
 use super::outbox::{Leasing, Outcomes};
 use super::{
-    AttemptRecord, ClaimedMessage, Enqueued, IngestBatch, Recorded, Result, Store, StoreError,
+    AttemptRecord, ClaimedMessage, Enqueued, Held, IngestBatch, Recorded, Result, Store,
+    StoreError,
 };
 
 /// Jobs (batches and outcome lists) written in one transaction at most.
 const MAX_GROUP: usize = 256;
+
+/// Longest the writer keeps a connection while jobs keep coming (see the
+/// module's comment); it gives it back at once when none is waiting.
+const HOLD: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Jobs waiting for the writer at most; a request beyond that waits for
 /// a place (within its `store_timeout`).
@@ -71,15 +81,41 @@ pub(super) fn start(store: Store) -> Queue {
 
 async fn write_groups(store: Store, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
+    // The connection held, and since when.
+    let mut held: Option<(Held, std::time::Instant)> = None;
     while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        if held.is_none() {
+            // Failing, the write takes a connection of its own (and fails
+            // as that does).
+            held = store
+                .hold_writer()
+                .await
+                .ok()
+                .map(|c| (c, std::time::Instant::now()));
+        }
         let span = tracing::debug_span!("store.group_commit", jobs = jobs.len());
-        write_group(&store, std::mem::take(&mut jobs))
+        let ok = write_group(&store, std::mem::take(&mut jobs), &mut held)
             .instrument(span)
             .await;
+        if !ok
+            || rx.is_empty()
+            || held
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() >= HOLD)
+        {
+            held = None;
+        }
     }
 }
 
-async fn write_group(store: &Store, all: Vec<Job>) {
+/// Writes `all` in one transaction (on the connection `held`, if any) and
+/// answers each; false if that transaction failed (then `held` is given
+/// back before each part is written alone).
+async fn write_group(
+    store: &Store,
+    all: Vec<Job>,
+    held: &mut Option<(Held, std::time::Instant)>,
+) -> bool {
     let (mut jobs, mut outcomes) = (Vec::with_capacity(all.len()), Vec::new());
     for job in all {
         match job {
@@ -114,8 +150,18 @@ async fn write_group(store: &Store, all: Vec<Job>) {
         })
         .collect();
     let written = store
-        .write_group(&lists, &batches, begun, leasing.as_mut())
+        .write_group(
+            held.as_mut().map(|(c, _)| c),
+            &lists,
+            &batches,
+            begun,
+            leasing.as_mut(),
+        )
         .await;
+    if written.is_err() {
+        // What follows takes connections of the pool's.
+        *held = None;
+    }
     match written {
         Ok((recorded, results)) => {
             for (r, recorded) in outcomes.into_iter().zip(recorded) {
@@ -144,6 +190,7 @@ async fn write_group(store: &Store, all: Vec<Job>) {
             for (job, result) in jobs.into_iter().zip(results) {
                 let _ = job.done.send(Ok(result));
             }
+            true
         }
         Err(e) if jobs.len() + outcomes.len() == 1 => {
             if let Some(job) = jobs.pop() {
@@ -151,6 +198,7 @@ async fn write_group(store: &Store, all: Vec<Job>) {
             } else if let Some(r) = outcomes.pop() {
                 let _ = r.done.send(Err(e));
             }
+            false
         }
         Err(e) => {
             tracing::warn!(error = %e, batches = jobs.len(), outcome_lists = outcomes.len(),
@@ -166,6 +214,7 @@ async fn write_group(store: &Store, all: Vec<Job>) {
                     .map(|mut r| r.pop().expect("one result"));
                 let _ = job.done.send(result);
             }
+            false
         }
     }
 }

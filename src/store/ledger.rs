@@ -64,7 +64,7 @@ impl PeriodNow {
 
 /// The open period's id and the time to stamp outcomes with, read once per
 /// transaction under the shared period lock.
-pub(super) async fn period_now(tx: &mut Tx, period: &mut PeriodNow) -> Result<(String, Millis)> {
+pub(super) async fn period_now(tx: &mut Tx<'_>, period: &mut PeriodNow) -> Result<(String, Millis)> {
     if let Some(known) = &period.known {
         return Ok(known.clone());
     }
@@ -79,7 +79,7 @@ pub(super) async fn period_now(tx: &mut Tx, period: &mut PeriodNow) -> Result<(S
 /// The open period's id and start, share-locked for the rest of the
 /// transaction. A close that commits while this waits leaves no open row in
 /// this statement's snapshot; the next statement sees the new period.
-async fn open_period_shared(tx: &mut Tx) -> Result<(String, Millis)> {
+async fn open_period_shared(tx: &mut Tx<'_>) -> Result<(String, Millis)> {
     for _ in 0..3 {
         let open = on!(tx.conn(), |c, D| sqlx::query_as(
             <D as Dialect>::OPEN_PERIOD_SHARED
@@ -95,7 +95,7 @@ async fn open_period_shared(tx: &mut Tx) -> Result<(String, Millis)> {
 
 /// The open period's id and start, locked exclusively for the rest of the
 /// transaction: no outcome is recorded meanwhile.
-async fn open_period_exclusive(tx: &mut Tx) -> Result<(String, Millis)> {
+async fn open_period_exclusive(tx: &mut Tx<'_>) -> Result<(String, Millis)> {
     on!(tx.conn(), |c, D| sqlx::query_as(
         <D as Dialect>::OPEN_PERIOD_EXCLUSIVE
     )
@@ -106,7 +106,7 @@ async fn open_period_exclusive(tx: &mut Tx) -> Result<(String, Millis)> {
 
 /// Sets the prices to bill `period_id`'s rows with, stored as the decimals'
 /// text.
-async fn freeze(tx: &mut Tx, period_id: &str, f: &Freeze) -> Result<()> {
+async fn freeze(tx: &mut Tx<'_>, period_id: &str, f: &Freeze) -> Result<()> {
     for (integration, price) in &f.prices {
         on!(tx.conn(), |c| {
             sqlx::query(
@@ -138,7 +138,7 @@ async fn freeze(tx: &mut Tx, period_id: &str, f: &Freeze) -> Result<()> {
 
 /// Moves the outcomes of `open` final at or after `boundary` (a close that
 /// runs late) into `next`, with their counts.
-async fn move_late_outcomes(tx: &mut Tx, open: &str, next: &str, boundary: Millis) -> Result<()> {
+async fn move_late_outcomes(tx: &mut Tx<'_>, open: &str, next: &str, boundary: Millis) -> Result<()> {
     on!(tx.conn(), |c| {
         sqlx::query(
             "INSERT INTO usage (period_id, user_id, integration, delivered, failed, \

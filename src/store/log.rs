@@ -202,7 +202,7 @@ impl Store {
 /// Whether the message's channel still exists, is enabled and sends with the
 /// message's integration (a channel id saved again with another type would
 /// be sent one way and billed another).
-async fn channel_usable(tx: &mut super::Tx, message_id: i64) -> Result<bool> {
+async fn channel_usable(tx: &mut super::Tx<'_>, message_id: i64) -> Result<bool> {
     let enabled: Option<bool> = on!(tx.conn(), |c| {
         sqlx::query_scalar(
         "SELECT c.enabled FROM messages m JOIN channels c \

@@ -28,6 +28,7 @@ mod sqlite;
 use std::future::Future;
 use std::sync::Arc;
 
+use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, Transaction};
 
 use crate::clock::Clock;
@@ -137,10 +138,17 @@ trait Dialect {
     const POSITIONAL: bool;
 }
 
-/// A write transaction on either backend.
-type Tx = Db<Transaction<'static, sqlx::Sqlite>, Transaction<'static, sqlx::Postgres>>;
+/// A write transaction on either backend, on a connection of the pool's
+/// (`'static`) or on one held across transactions (see [`Held`]).
+type Tx<'c> = Db<Transaction<'c, sqlx::Sqlite>, Transaction<'c, sqlx::Postgres>>;
 
-impl Tx {
+/// A writer connection that ingest's writer keeps across its transactions
+/// while jobs keep coming (see `group.rs`): taking one from the pool and
+/// giving it back, each a hop through the runtime, cost as much as a
+/// statement per transaction.
+type Held = Db<PoolConnection<sqlx::Sqlite>, PoolConnection<sqlx::Postgres>>;
+
+impl Tx<'_> {
     /// The transaction's connection, to run statements on.
     fn conn(&mut self) -> Db<&mut SqliteConnection, &mut PgConnection> {
         match self {
@@ -246,10 +254,27 @@ impl Store {
     }
 
     /// A write transaction, begun as the backend wants it.
-    async fn write_tx(&self) -> Result<Tx> {
+    async fn write_tx(&self) -> Result<Tx<'static>> {
         Ok(match &self.pools {
             Db::Sqlite(p) => Db::Sqlite(p.begin_write().await?),
             Db::Postgres(p) => Db::Postgres(p.begin().await?),
+        })
+    }
+
+    /// A writer connection taken from the pool, to hold (see [`Held`]).
+    async fn hold_writer(&self) -> Result<Held> {
+        Ok(match &self.pools {
+            Db::Sqlite(p) => Db::Sqlite(p.writer.acquire().await?),
+            Db::Postgres(p) => Db::Postgres(p.acquire().await?),
+        })
+    }
+
+    /// A write transaction on `held`, or on a connection of the pool's.
+    async fn write_tx_on<'c>(&self, held: Option<&'c mut Held>) -> Result<Tx<'c>> {
+        Ok(match held {
+            None => self.write_tx().await?,
+            Some(Db::Sqlite(c)) => Db::Sqlite(sqlite::begin_write_on(c).await?),
+            Some(Db::Postgres(c)) => Db::Postgres(Transaction::begin(&mut **c, None).await?),
         })
     }
 

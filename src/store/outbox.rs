@@ -49,7 +49,7 @@ fn group_lock_key(user_id: &str, channel_id: &str, group_key: &str) -> String {
 /// Locks these (channel, group) keys for the rest of the transaction, in
 /// sorted order so that two transactions never wait on each other. Nothing
 /// where the backend has no group locks.
-pub(super) async fn lock_groups(tx: &mut Tx, keys: impl Iterator<Item = String>) -> Result<()> {
+pub(super) async fn lock_groups(tx: &mut Tx<'_>, keys: impl Iterator<Item = String>) -> Result<()> {
     let keys: std::collections::BTreeSet<String> = keys.collect();
     on!(
         tx.conn(),
@@ -63,7 +63,7 @@ pub(super) async fn lock_groups(tx: &mut Tx, keys: impl Iterator<Item = String>)
 }
 
 /// Whether the backend takes (channel, group) locks at all.
-fn locks_groups(tx: &mut Tx) -> bool {
+fn locks_groups(tx: &mut Tx<'_>) -> bool {
     on!(tx.conn(), |_c, D| <D as Dialect>::LOCK_GROUP.is_some())
 }
 
@@ -144,7 +144,7 @@ impl Store {
         begun: Vec<tokio::sync::oneshot::Sender<()>>,
         leasing: Option<&mut Leasing>,
     ) -> Result<Vec<Enqueued>> {
-        Ok(self.write_group(&[], batches, begun, leasing).await?.1)
+        Ok(self.write_group(None, &[], batches, begun, leasing).await?.1)
     }
 
     /// One transaction of the writer's (see `group.rs`): first `outcomes`,
@@ -152,15 +152,17 @@ impl Store {
     /// `batches`, as [`Store::enqueue_group`] writes them. Outcomes go first
     /// so that a message made final here no longer holds back a new one of
     /// its group. Returns, per outcome list, what [`Store::record_telling`]
-    /// does, and per batch what [`Store::enqueue_group`] does.
+    /// does, and per batch what [`Store::enqueue_group`] does. On `held`
+    /// where the writer holds a connection, else on one of the pool's.
     pub(super) async fn write_group(
         &self,
+        held: Option<&mut super::Held>,
         outcomes: &[Outcomes<'_>],
         batches: &[&IngestBatch],
         begun: Vec<tokio::sync::oneshot::Sender<()>>,
         mut leasing: Option<&mut Leasing>,
     ) -> Result<(Vec<(Vec<Recorded>, bool)>, Vec<Enqueued>)> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx_on(held).await?;
         for b in begun {
             let _ = b.send(());
         }
@@ -333,7 +335,9 @@ impl Store {
         records: &[AttemptRecord],
     ) -> Result<(Vec<Recorded>, bool)> {
         let outcomes = [Outcomes { owner, records }];
-        let (mut recorded, _) = self.write_group(&outcomes, &[], Vec::new(), None).await?;
+        let (mut recorded, _) = self
+            .write_group(None, &outcomes, &[], Vec::new(), None)
+            .await?;
         Ok(recorded.pop().expect("one outcome list"))
     }
 
@@ -382,7 +386,7 @@ fn placeholders_from(first: usize, rows: usize, cols: usize) -> String {
 /// the writer thread under the `core` bench). Anonymous `?` parameters are
 /// in no list, so where `$1, $2, …` appear in the text in that order they
 /// become `?`; anything else is left as it is.
-fn for_backend(tx: &mut Tx, sql: String) -> String {
+fn for_backend(tx: &mut Tx<'_>, sql: String) -> String {
     if !on!(tx.conn(), |_c, D| <D as Dialect>::POSITIONAL) {
         return sql;
     }
@@ -446,7 +450,7 @@ pub(super) struct Leasing {
 /// holds two messages of one (channel, group).) `first`: the index of
 /// `batches[0]` among the group's, for what `leasing` records.
 async fn enqueue_many(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     batches: &[&IngestBatch],
     first: usize,
     period: &mut PeriodNow,
@@ -530,7 +534,7 @@ struct Row<'a> {
 /// Inserts the batches' dedupe keys (or renews expired ones); answers the
 /// keys that were fresh. A key seen within its window is left as it is.
 async fn insert_dedupe_keys(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     batches: &[&IngestBatch],
 ) -> Result<std::collections::HashSet<String>> {
     // The group is written now: a key expired by the latest request's time
@@ -563,7 +567,7 @@ async fn insert_dedupe_keys(
 /// and the (channel, group)s that had a message pending (waiting, or being
 /// sent: the new message must not be leased at insert).
 async fn supersede_waiting_many(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     batches: &[&IngestBatch],
     period: &mut PeriodNow,
 ) -> Result<(Vec<Vec<Superseded>>, std::collections::HashSet<GroupOf>)> {
@@ -601,7 +605,7 @@ async fn supersede_waiting_many(
 /// marked `lease` leased to `lease`'s owner until its time. Answers their
 /// ids, in the same order.
 async fn insert_messages(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     rows: &[Row<'_>],
     lease: Option<(&str, Millis)>,
 ) -> Result<Vec<i64>> {
@@ -656,7 +660,7 @@ async fn insert_messages(
 /// then the attempts and the usage of those applied. Answers, per record,
 /// whether it was applied.
 async fn finish_many(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     owner: &str,
     finals: &[&AttemptRecord],
     period: &mut PeriodNow,
@@ -727,7 +731,7 @@ async fn finish_many(
 /// believes of the pending rows: a join was planned as a scan of every
 /// pending message, seconds for a backlog on PostgreSQL.
 async fn pending_groups(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     groups: &[GroupRef<'_>],
     first: bool,
 ) -> Result<std::collections::HashSet<GroupOf>> {
@@ -757,7 +761,7 @@ async fn pending_groups(
     Ok(found)
 }
 
-async fn insert_attempts(tx: &mut Tx, records: &[&AttemptRecord]) -> Result<()> {
+async fn insert_attempts(tx: &mut Tx<'_>, records: &[&AttemptRecord]) -> Result<()> {
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
@@ -787,7 +791,7 @@ async fn insert_attempts(tx: &mut Tx, records: &[&AttemptRecord]) -> Result<()> 
 /// Counts delivered and failed messages in their period's usage, summed per
 /// (user, integration) and written in key order (so that two writers lock
 /// usage rows in one order).
-async fn count_usage_many(tx: &mut Tx, period_id: &str, records: &[&AttemptRecord]) -> Result<()> {
+async fn count_usage_many(tx: &mut Tx<'_>, period_id: &str, records: &[&AttemptRecord]) -> Result<()> {
     // (delivered, failed, delivered segments, failed segments)
     let mut sums: std::collections::BTreeMap<(&str, &str), [i64; 4]> = Default::default();
     for r in records {
@@ -830,7 +834,7 @@ async fn count_usage_many(tx: &mut Tx, period_id: &str, records: &[&AttemptRecor
 }
 
 /// The batch's undeliverable alerts (rare: one statement each).
-async fn insert_undeliverable(tx: &mut Tx, batch: &IngestBatch) -> Result<()> {
+async fn insert_undeliverable(tx: &mut Tx<'_>, batch: &IngestBatch) -> Result<()> {
     for u in &batch.undeliverable {
         on!(tx.conn(), |c| {
             sqlx::query(
@@ -854,7 +858,7 @@ async fn insert_undeliverable(tx: &mut Tx, batch: &IngestBatch) -> Result<()> {
 /// (for a retry, a hold or pacing; not those being sent right now) final
 /// as superseded: `m` carries the group's newer state.
 async fn supersede_waiting(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     m: &NewMessage,
     period: &mut PeriodNow,
     superseded: &mut Vec<Superseded>,
@@ -899,7 +903,7 @@ async fn supersede_waiting(
 /// (none where the backend takes no group locks). Locked, they make a newer
 /// message of the group either committed before (and the record
 /// supersedes) or enqueued after (and supersedes the waiting one).
-async fn waiting_group_keys(tx: &mut Tx, outcomes: &[Outcomes<'_>]) -> Result<Vec<String>> {
+async fn waiting_group_keys(tx: &mut Tx<'_>, outcomes: &[Outcomes<'_>]) -> Result<Vec<String>> {
     let mut keys = Vec::new();
     if !locks_groups(tx) {
         return Ok(keys);
@@ -929,7 +933,7 @@ pub(super) struct Outcomes<'a> {
 /// Records `records` in `tx` (their groups locked): per record whether it
 /// was applied, and whether a held-back message of a group may now go.
 async fn record_in(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     owner: &str,
     records: &[AttemptRecord],
     period: &mut PeriodNow,
@@ -970,7 +974,7 @@ fn waits(outcome: Outcome) -> bool {
 /// a newer one of its group is queued is superseded instead: final, never
 /// sent again, not billed.
 async fn record_waiting(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     owner: &str,
     r: &AttemptRecord,
     period: &mut PeriodNow,
@@ -998,7 +1002,7 @@ async fn record_waiting(
 /// Makes a message final in `period_id` at `final_at`, if `owner` still
 /// holds its lease; false when it does not.
 async fn finish_message(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     owner: &str,
     r: &AttemptRecord,
     state: Final,
@@ -1026,7 +1030,7 @@ async fn finish_message(
 
 /// Sends a message back to wait (a retry, a deferral), if `owner` still
 /// holds its lease; false when it does not.
-async fn reschedule_message(tx: &mut Tx, owner: &str, r: &AttemptRecord) -> Result<bool> {
+async fn reschedule_message(tx: &mut Tx<'_>, owner: &str, r: &AttemptRecord) -> Result<bool> {
     let updated = match r.outcome {
         Outcome::Defer { due_at, paced } => on!(tx.conn(), |c| {
             sqlx::query(
@@ -1063,7 +1067,7 @@ async fn reschedule_message(tx: &mut Tx, owner: &str, r: &AttemptRecord) -> Resu
 }
 
 /// Whether a newer message of this message's (channel, group) is pending.
-async fn has_newer_in_group(tx: &mut Tx, message_id: i64) -> Result<bool> {
+async fn has_newer_in_group(tx: &mut Tx<'_>, message_id: i64) -> Result<bool> {
     Ok(on!(tx.conn(), |c| sqlx::query(
         "SELECT 1 FROM messages m JOIN messages n ON n.user_id = m.user_id \
            AND n.channel_id = m.channel_id AND n.group_key = m.group_key \

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::{ledger, outbox, Dialect, Result};
 
@@ -79,8 +79,18 @@ impl Pools {
     /// `BEGIN IMMEDIATE`: a second process sharing the file waits for the
     /// write lock instead of failing to upgrade a read.
     pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with(BEGIN_WRITE).await?)
     }
+}
+
+/// How a write transaction begins: see [`Pools::begin_write`].
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// [`Pools::begin_write`] on a writer connection held across transactions.
+pub(super) async fn begin_write_on(
+    conn: &mut SqliteConnection,
+) -> Result<Transaction<'_, Sqlite>> {
+    Ok(Transaction::begin(conn, Some(BEGIN_WRITE.into())).await?)
 }
 
 #[cfg(test)]
