@@ -85,6 +85,56 @@ pub async fn null_server(listen: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// Where the forwarder posts, and with what.
+struct Forward {
+    http: reqwest::Client,
+    sink: String,
+}
+
+/// Parses like the no-store handler, then posts the payload to each alert's
+/// user's URL on the sink (`user7` → `/u7`) and answers once the sink has
+/// answered: delivery with no store at all, the ceiling of any design that
+/// stores and forwards on this machine.
+async fn forward_handler(
+    axum::extract::State(f): axum::extract::State<Arc<Forward>>,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, &'static str) {
+    let Ok(envelope) = serde_json::from_slice::<notimeter::domain::alert::Envelope>(&body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "{}");
+    };
+    for alert in envelope.alerts.iter().flatten() {
+        let user = alert.labels.get("user_id").unwrap_or_default();
+        let url = format!("{}/u{}", f.sink, user.trim_start_matches("user"));
+        let sent = f
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        if !sent.is_ok_and(|r| r.status().is_success()) {
+            return (axum::http::StatusCode::BAD_GATEWAY, "{}");
+        }
+    }
+    (axum::http::StatusCode::OK, "{\"status\":\"accepted\"}")
+}
+
+/// The forwarder (see `forward_handler`), posting to `sink` (`http://host:port`).
+pub async fn forward_server(listen: SocketAddr, sink: String) -> Result<()> {
+    let f = Arc::new(Forward {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()?,
+        sink,
+    });
+    let app = axum::Router::new()
+        .route("/v1/alertmanager", axum::routing::post(forward_handler))
+        .with_state(f);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
 /// The local sink: answers 200 `ok` and counts what it got. While its gate
 /// is closed it holds every request (a backlog builds up behind them).
 pub struct Sink {
@@ -602,9 +652,40 @@ pub async fn run(args: CoreArgs) -> Result<()> {
         ln.p50_ms, ln.p99_ms, args.rate
     );
     drop(null);
+    // The same load against a forwarder that delivers each payload to the
+    // sink before it answers, with no store: what delivery alone costs.
+    let forward_addr = free_addr()?;
+    let forward = Process(
+        Command::new(std::env::current_exe()?)
+            .args([
+                "forward-server",
+                "--listen",
+                &forward_addr.to_string(),
+                "--sink",
+                &format!("http://{addr}"),
+            ])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let forward_url = format!("http://{forward_addr}/v1/alertmanager");
+    wait_ready(&http, &format!("http://{forward_addr}"), "/").await?;
+    let before = sink.received();
+    let (tf, _) = closed_loop(&http, &forward_url, &args.load(), 4 << 40, dir.path()).await?;
+    let forward_rps = tf.requests as f64 / tf.elapsed.as_secs_f64();
+    println!(
+        "ingest      no store, delivering: {forward_rps:>8.0} payloads/s answered once delivered, mean {:.2} ms ({} delivered)",
+        tf.mean_ms,
+        sink.received() - before
+    );
+    drop(forward);
     println!(
         "ratio       durable ingest ÷ no-store handler: {:.3} ({durable_rps:.0} ÷ {null_rps:.0} payloads/s)",
         durable_rps / null_rps
+    );
+    println!(
+        "ceiling     no store, delivering ÷ no-store handler: {:.3}; durable ingest ÷ that: {:.3}",
+        forward_rps / null_rps,
+        durable_rps / forward_rps
     );
     Ok(())
 }

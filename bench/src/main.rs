@@ -47,6 +47,14 @@ enum Verb {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// (internal) The no-store handler that also delivers each payload to a sink before it answers.
+    ForwardServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The sink's base URL (`http://host:port`).
+        #[arg(long)]
+        sink: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -61,6 +69,7 @@ fn main() -> Result<()> {
             Verb::Memory(args) => memory::run(args).await,
             Verb::Render(args) => render::run(args).await,
             Verb::NullServer { listen } => core::null_server(listen).await,
+            Verb::ForwardServer { listen, sink } => core::forward_server(listen, sink).await,
             Verb::Sink { listen } => core::sink_server(listen).await,
         }
     })
