@@ -121,11 +121,14 @@ trait Dialect {
     const OPEN_PERIOD_SHARED: &'static str;
     /// The same, locked exclusively: for close and settle.
     const OPEN_PERIOD_EXCLUSIVE: &'static str;
-    /// Takes a transaction-scoped lock on one (channel, group), `$1` being
-    /// its key, so that enqueues and recorded attempts of a group are
-    /// serialised: ids follow commit order and no supersession is missed.
-    /// None where write transactions are serialised anyway (SQLite).
-    const LOCK_GROUP: Option<&'static str>;
+    /// Takes transaction-scoped locks on (channel, group)s, `$1` being their
+    /// keys as a JSON array of strings, so that enqueues and recorded
+    /// attempts of a group are serialised: ids follow commit order and no
+    /// supersession is missed. One statement for all of them, each lock
+    /// taken once, in the order of the locks' ids, so that two
+    /// transactions never wait on each other. None where write
+    /// transactions are serialised anyway (SQLite).
+    const LOCK_GROUPS: Option<&'static str>;
     /// A query answering one boolean: whether a write would be refused (a
     /// standby, a read-only database). None where taking the write lock
     /// proves it (SQLite's `BEGIN IMMEDIATE`).

@@ -46,17 +46,19 @@ fn group_lock_key(user_id: &str, channel_id: &str, group_key: &str) -> String {
     format!("{user_id}\u{1f}{channel_id}\u{1f}{group_key}")
 }
 
-/// Locks these (channel, group) keys for the rest of the transaction, in
-/// sorted order so that two transactions never wait on each other. Nothing
-/// where the backend has no group locks.
+/// Locks these (channel, group) keys for the rest of the transaction, with
+/// one statement (see `Dialect::LOCK_GROUPS`). Nothing where the backend has
+/// no group locks, or for no keys.
 pub(super) async fn lock_groups(tx: &mut Tx<'_>, keys: impl Iterator<Item = String>) -> Result<()> {
-    let keys: std::collections::BTreeSet<String> = keys.collect();
+    let keys: Vec<String> = keys.collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let keys = serde_json::to_string(&keys).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     on!(
         tx.conn(),
-        |c, D| if let Some(sql) = <D as Dialect>::LOCK_GROUP {
-            for key in keys {
-                sqlx::query(sql).bind(key).execute(&mut *c).await?;
-            }
+        |c, D| if let Some(sql) = <D as Dialect>::LOCK_GROUPS {
+            sqlx::query(sql).bind(keys).execute(c).await?;
         }
     );
     Ok(())
@@ -64,7 +66,7 @@ pub(super) async fn lock_groups(tx: &mut Tx<'_>, keys: impl Iterator<Item = Stri
 
 /// Whether the backend takes (channel, group) locks at all.
 fn locks_groups(tx: &mut Tx<'_>) -> bool {
-    on!(tx.conn(), |_c, D| <D as Dialect>::LOCK_GROUP.is_some())
+    on!(tx.conn(), |_c, D| <D as Dialect>::LOCK_GROUPS.is_some())
 }
 
 /// The state a recorded message ends in.

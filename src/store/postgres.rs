@@ -17,8 +17,11 @@ impl Dialect for Postgres {
     const CLAIM: &'static str = outbox::claim_sql!("FOR UPDATE OF m SKIP LOCKED");
     const OPEN_PERIOD_SHARED: &'static str = ledger::open_period_sql!("FOR SHARE");
     const OPEN_PERIOD_EXCLUSIVE: &'static str = ledger::open_period_sql!("FOR UPDATE");
-    const LOCK_GROUP: Option<&'static str> =
-        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
+    const LOCK_GROUPS: Option<&'static str> = Some(
+        "SELECT pg_advisory_xact_lock(h) FROM \
+           (SELECT DISTINCT hashtextextended(k, 0) AS h \
+            FROM jsonb_array_elements_text($1::jsonb) AS k ORDER BY h) AS locks",
+    );
     const READ_ONLY: Option<&'static str> =
         Some("SELECT (pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on')");
     const REFRESH_STATS: Option<&'static str> = Some("ANALYZE messages");

@@ -20,7 +20,7 @@ impl Dialect for Sqlite {
     const CLAIM: &'static str = outbox::claim_sql!("");
     const OPEN_PERIOD_SHARED: &'static str = ledger::open_period_sql!("");
     const OPEN_PERIOD_EXCLUSIVE: &'static str = ledger::open_period_sql!("");
-    const LOCK_GROUP: Option<&'static str> = None;
+    const LOCK_GROUPS: Option<&'static str> = None;
     const READ_ONLY: Option<&'static str> = None;
     const REFRESH_STATS: Option<&'static str> = None;
     const POSITIONAL: bool = true;
