@@ -31,8 +31,7 @@ use tracing::Instrument;
 
 use super::outbox::{Leasing, Outcomes};
 use super::{
-    AttemptRecord, ClaimedMessage, Enqueued, Held, IngestBatch, Recorded, Result, Store,
-    StoreError,
+    AttemptRecord, ClaimedMessage, Enqueued, Held, IngestBatch, Recorded, Result, Store, StoreError,
 };
 
 /// Jobs (batches and outcome lists) written in one transaction at most.

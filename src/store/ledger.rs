@@ -64,7 +64,10 @@ impl PeriodNow {
 
 /// The open period's id and the time to stamp outcomes with, read once per
 /// transaction under the shared period lock.
-pub(super) async fn period_now(tx: &mut Tx<'_>, period: &mut PeriodNow) -> Result<(String, Millis)> {
+pub(super) async fn period_now(
+    tx: &mut Tx<'_>,
+    period: &mut PeriodNow,
+) -> Result<(String, Millis)> {
     if let Some(known) = &period.known {
         return Ok(known.clone());
     }
@@ -138,7 +141,12 @@ async fn freeze(tx: &mut Tx<'_>, period_id: &str, f: &Freeze) -> Result<()> {
 
 /// Moves the outcomes of `open` final at or after `boundary` (a close that
 /// runs late) into `next`, with their counts.
-async fn move_late_outcomes(tx: &mut Tx<'_>, open: &str, next: &str, boundary: Millis) -> Result<()> {
+async fn move_late_outcomes(
+    tx: &mut Tx<'_>,
+    open: &str,
+    next: &str,
+    boundary: Millis,
+) -> Result<()> {
     on!(tx.conn(), |c| {
         sqlx::query(
             "INSERT INTO usage (period_id, user_id, integration, delivered, failed, \

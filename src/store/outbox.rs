@@ -153,7 +153,10 @@ impl Store {
         begun: Vec<tokio::sync::oneshot::Sender<()>>,
         leasing: Option<&mut Leasing>,
     ) -> Result<Vec<Enqueued>> {
-        Ok(self.write_group(None, &[], batches, begun, leasing).await?.1)
+        Ok(self
+            .write_group(None, &[], batches, begun, leasing)
+            .await?
+            .1)
     }
 
     /// One transaction of the writer's (see `group.rs`): first `outcomes`,
@@ -806,7 +809,11 @@ async fn insert_attempts(tx: &mut Tx<'_>, records: &[&AttemptRecord]) -> Result<
 /// Counts delivered and failed messages in their period's usage, summed per
 /// (user, integration) and written in key order (so that two writers lock
 /// usage rows in one order).
-async fn count_usage_many(tx: &mut Tx<'_>, period_id: &str, records: &[&AttemptRecord]) -> Result<()> {
+async fn count_usage_many(
+    tx: &mut Tx<'_>,
+    period_id: &str,
+    records: &[&AttemptRecord],
+) -> Result<()> {
     // (delivered, failed, delivered segments, failed segments)
     let mut sums: std::collections::BTreeMap<(&str, &str), [i64; 4]> = Default::default();
     for r in records {

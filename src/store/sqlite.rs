@@ -87,9 +87,7 @@ impl Pools {
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// [`Pools::begin_write`] on a writer connection held across transactions.
-pub(super) async fn begin_write_on(
-    conn: &mut SqliteConnection,
-) -> Result<Transaction<'_, Sqlite>> {
+pub(super) async fn begin_write_on(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>> {
     Ok(Transaction::begin(conn, Some(BEGIN_WRITE.into())).await?)
 }
 
