@@ -237,3 +237,55 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
     assert_eq!(waiting(&fourth), 2);
     assert!(handed.try_recv().is_err());
 }
+
+/// The batches waiting for the writer are bounded by bytes: with the writer
+/// held (another connection has SQLite's write lock) and one batch as large
+/// as the bound waiting, a further request waits for room instead of
+/// queueing its batch. Given up on while it waits, it has queued nothing:
+/// once the lock is let go, the large batch and a later one are written,
+/// the one given up on never is. (Without the bound, the writer would own
+/// it and write it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beyond_the_queued_bytes_waits_and_queues_nothing() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&Backend::Sqlite, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+
+    let mut lock = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::Executor::execute(&mut lock, "BEGIN IMMEDIATE")
+        .await
+        .unwrap();
+
+    let mut large = batch("large", "large", "", 1);
+    large.messages[0].payload = "x".repeat(64 << 20);
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.enqueue(large).await })
+    };
+    // The large batch takes all the room as soon as its task runs.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let given_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        store.enqueue(batch("given-up", "given-up", "", 1)),
+    )
+    .await;
+    assert!(
+        given_up.is_err(),
+        "a request beyond the bound was answered: {given_up:?}"
+    );
+
+    sqlx::Executor::execute(&mut lock, "COMMIT").await.unwrap();
+    let large = waiting.await.unwrap().expect("the large batch is written");
+    assert!(matches!(large, Enqueued::Accepted { .. }));
+    let later = store.enqueue(batch("later", "later", "", 1)).await.unwrap();
+    assert!(matches!(later, Enqueued::Accepted { .. }));
+
+    let channels: Vec<String> = sqlx::query_scalar("SELECT channel_id FROM messages ORDER BY id")
+        .fetch_all(&mut lock)
+        .await
+        .unwrap();
+    assert_eq!(channels, ["large-0", "later-0"]);
+    let _ = lock.close().await;
+}
