@@ -57,6 +57,9 @@ fn group_lock_key(user_id: &str, channel_id: &str, group_key: &str) -> String {
 /// one statement (see `Dialect::LOCK_GROUPS`). Nothing where the backend has
 /// no group locks, or for no keys.
 pub(super) async fn lock_groups(tx: &mut Tx<'_>, keys: impl Iterator<Item = String>) -> Result<()> {
+    if !locks_groups(tx) {
+        return Ok(());
+    }
     let keys: Vec<String> = keys.collect();
     if keys.is_empty() {
         return Ok(());
@@ -180,17 +183,20 @@ impl Store {
             let _ = b.send(());
         }
         // Every group of every batch and of every outcome that sends its
-        // message back to wait, locked up front in one sorted order, so that
-        // two grouped writers (replicas) never wait on each other.
-        let mut groups = waiting_group_keys(&mut tx, outcomes).await?;
-        groups.extend(
-            batches
-                .iter()
-                .flat_map(|b| b.messages.iter())
-                .filter(|m| !m.group_key.is_empty())
-                .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key)),
-        );
-        lock_groups(&mut tx, groups.into_iter()).await?;
+        // message back to wait, locked up front in one order, so that two
+        // grouped writers (replicas) never wait on each other. No keys are
+        // made where the backend takes no group locks.
+        if locks_groups(&mut tx) {
+            let mut groups = waiting_group_keys(&mut tx, outcomes).await?;
+            groups.extend(
+                batches
+                    .iter()
+                    .flat_map(|b| b.messages.iter())
+                    .filter(|m| !m.group_key.is_empty())
+                    .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key)),
+            );
+            lock_groups(&mut tx, groups.into_iter()).await?;
+        }
         // The open period, and the time outcomes become final: read once,
         // under the period lock, so that every final_at lies inside the
         // period billing it.
@@ -922,14 +928,11 @@ async fn supersede_waiting(
 }
 
 /// The lock keys of the groups whose messages `outcomes` send back to wait
-/// (none where the backend takes no group locks). Locked, they make a newer
+/// (asked only where the backend takes group locks). Locked, they make a newer
 /// message of the group either committed before (and the record
 /// supersedes) or enqueued after (and supersedes the waiting one).
 async fn waiting_group_keys(tx: &mut Tx<'_>, outcomes: &[Outcomes<'_>]) -> Result<Vec<String>> {
     let mut keys = Vec::new();
-    if !locks_groups(tx) {
-        return Ok(keys);
-    }
     let waiting = outcomes.iter().flat_map(|o| o.records.iter());
     for r in waiting.filter(|r| waits(r.outcome)) {
         let row: Option<(String, String, String)> = on!(tx.conn(), |c| sqlx::query_as(
