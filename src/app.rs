@@ -210,7 +210,7 @@ impl Application {
             shutdown.clone(),
         ));
         if let Err(e) = state.ledger.ensure_reports().await {
-            error!(error = ?e, "writing missing reports failed");
+            error!(error = %crate::error::Causes(&*e), "writing missing reports failed");
         }
         state.metrics.ledger_closes_started();
         let closes = tokio::spawn(scheduler::run_closes(
@@ -260,7 +260,7 @@ impl Application {
             let last = crate::reconcile::store_received(&state);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if let Ok(Err(e)) = tokio::time::timeout(left, last).await {
-                warn!(error = ?e, "storing the reconciliation's last count failed");
+                warn!(error = %crate::error::Causes(&*e), "storing the reconciliation's last count failed");
             }
         }
         wind_down(
@@ -378,14 +378,14 @@ async fn prune_dedupe(store: Arc<Store>, clock: Clock, shutdown: CancellationTok
                 }
                 Ok(_) => break,
                 Err(e) => {
-                    error!(error = ?anyhow::Error::from(e), "pruning dedupe keys failed");
+                    error!(error = %crate::error::Causes(&e), "pruning dedupe keys failed");
                     break;
                 }
             }
         }
         let before = now - crate::clock::duration_ms(CHANNEL_LOG_KEPT);
         if let Err(e) = store.prune_channel_log(before).await {
-            error!(error = ?anyhow::Error::from(e), "pruning the channel log failed");
+            error!(error = %crate::error::Causes(&e), "pruning the channel log failed");
         }
     }
 }

@@ -6,6 +6,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+/// An error and its causes on one line (`outer: cause: root cause`), as a
+/// log field: `error = %Causes(&e)`.
+///
+/// Not `{:?}` of an `anyhow::Error`: with `RUST_BACKTRACE` set, that prints
+/// a backtrace of some 170 lines per error, and resolving the first one
+/// loads the binary's debug information (about 60 MB, kept for the life of
+/// the process).
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -80,8 +101,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            ApiError::Unavailable(cause) => tracing::error!(error = ?cause, "store unavailable"),
-            ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            ApiError::Unavailable(cause) => {
+                tracing::error!(error = %Causes(&**cause), "store unavailable")
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %Causes(&**cause), "internal error")
+            }
             ApiError::Busy(what) => tracing::warn!(what, "busy: request refused with 503"),
             _ => tracing::debug!(status = status.as_u16(), error = %self, "request refused"),
         }
@@ -104,5 +129,27 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Causes;
+    use crate::store::StoreError;
+
+    #[test]
+    fn causes_are_one_line_without_a_backtrace() {
+        let e = StoreError::Database(sqlx::Error::PoolTimedOut);
+        assert_eq!(
+            Causes(&e).to_string(),
+            format!("database error: {}", sqlx::Error::PoolTimedOut)
+        );
+        let e = anyhow::Error::from(e).context("claiming messages");
+        let line = Causes(&*e).to_string();
+        assert!(
+            line.starts_with("claiming messages: database error: "),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
     }
 }

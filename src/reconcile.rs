@@ -64,7 +64,7 @@ pub async fn round(state: &AppState, http: &reqwest::Client) {
     let current = match state.store.reconciliation().await {
         Ok(c) => c,
         Err(e) => {
-            warn!(error = ?anyhow::Error::from(e), "reading the reconciliation failed");
+            warn!(error = %crate::error::Causes(&e), "reading the reconciliation failed");
             return;
         }
     };
@@ -94,12 +94,12 @@ pub async fn round(state: &AppState, http: &reqwest::Client) {
         Ok(()) // it begins when every Alertmanager has answered once
     };
     if let Err(e) = stored {
-        warn!(error = ?e, "storing the reconciliation failed");
+        warn!(error = %crate::error::Causes(&*e), "storing the reconciliation failed");
     }
     match state.store.reconciliation().await {
         Ok(Some(count)) => state.metrics.reconciled(&count),
         Ok(None) => {}
-        Err(e) => warn!(error = ?anyhow::Error::from(e), "reading the reconciliation failed"),
+        Err(e) => warn!(error = %crate::error::Causes(&e), "reading the reconciliation failed"),
     }
 }
 

@@ -345,7 +345,7 @@ impl Routes {
                 }
                 Ok(()) => {}
                 Err(e) if !failing => {
-                    tracing::error!(error = ?anyhow::Error::from(e),
+                    tracing::error!(error = %crate::error::Causes(&e),
                         "reading the channel log failed; routing with the channels as last read");
                     failing = true;
                 }

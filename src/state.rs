@@ -40,7 +40,7 @@ impl AppState {
     pub async fn channels_changed(&self) {
         self.render_trigger.notify_one();
         if let Err(e) = self.routes.refresh().await {
-            tracing::warn!(error = ?anyhow::Error::from(e),
+            tracing::warn!(error = %crate::error::Causes(&e),
                 "the routing index did not take the change now; it will at its next refresh");
         }
     }

@@ -178,7 +178,7 @@ pub async fn login(
         Ok(0) => {}
         Ok(n) => tracing::debug!(pruned = n, "expired sessions deleted"),
         Err(e) => {
-            tracing::warn!(error = ?anyhow::Error::from(e), "pruning expired sessions failed")
+            tracing::warn!(error = %crate::error::Causes(&e), "pruning expired sessions failed")
         }
     }
     tracing::info!(client = ?addr, "finance page sign-in");

@@ -167,7 +167,7 @@ impl Dispatcher {
                         batch = claimed;
                     }
                     Err(e) => {
-                        error!(error = ?anyhow::Error::from(e), "claiming messages failed");
+                        error!(error = %crate::error::Causes(&e), "claiming messages failed");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             _ = tokio::time::sleep(self.settings.poll_interval.max(Duration::from_millis(500))) => {}
@@ -240,7 +240,7 @@ impl Dispatcher {
                 "releasing messages whose send did not finish in time"
             );
             if let Err(e) = self.store.release(&self.owner, &left).await {
-                error!(error = ?anyhow::Error::from(e), "releasing leases failed; they expire on their own");
+                error!(error = %crate::error::Causes(&e), "releasing leases failed; they expire on their own");
             }
         }
         info!("dispatcher stopped");
@@ -521,7 +521,7 @@ impl Dispatcher {
                     Ok(done) => break done,
                     Err(e) => {
                         tries += 1;
-                        error!(error = ?anyhow::Error::from(e), tries, "recording attempts failed; retrying");
+                        error!(error = %crate::error::Causes(&e), tries, "recording attempts failed; retrying");
                         if tries >= 20 {
                             // The leases expire and the messages are sent again:
                             // at least once, never lost.

@@ -34,7 +34,7 @@ pub async fn run_closes(ledger: Arc<Ledger>, shutdown: CancellationToken) {
     loop {
         let wait = match ledger.store.open_period().await {
             Err(e) => {
-                error!(error = ?anyhow::Error::from(e), "reading the open period failed");
+                error!(error = %crate::error::Causes(&e), "reading the open period failed");
                 Duration::from_secs(5)
             }
             Ok(open) => match next_boundary(schedule, tz, open.start_at) {
@@ -42,7 +42,7 @@ pub async fn run_closes(ledger: Arc<Ledger>, shutdown: CancellationToken) {
                 Some(boundary) if boundary <= now_ms() => match ledger.close_at(boundary).await {
                     Ok(_) => continue,
                     Err(e) => {
-                        error!(error = ?e, boundary, "scheduled close failed; retrying");
+                        error!(error = %crate::error::Causes(&*e), boundary, "scheduled close failed; retrying");
                         Duration::from_secs(5)
                     }
                 },
@@ -74,7 +74,7 @@ pub async fn run_retention(ledger: Arc<Ledger>, shutdown: CancellationToken) {
                 attempts,
                 payloads, "pruned delivery details of closed periods"
             ),
-            Err(e) => error!(error = ?anyhow::Error::from(e), "pruning failed"),
+            Err(e) => error!(error = %crate::error::Causes(&e), "pruning failed"),
         }
     }
 }

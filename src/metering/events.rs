@@ -446,7 +446,7 @@ impl Metrics {
         let result = match error {
             None => "success",
             Some(e) => {
-                warn!(target: RECONCILE, alertmanager, error = ?e, "scraping Alertmanager for reconciliation failed");
+                warn!(target: RECONCILE, alertmanager, error = %crate::error::Causes(&**e), "scraping Alertmanager for reconciliation failed");
                 "error"
             }
         };

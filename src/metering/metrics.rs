@@ -304,7 +304,7 @@ impl Metrics {
                 self.store_up.set(1);
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = ?anyhow::Error::from(e), "reading the store for /metrics failed; serving the last reading");
+                tracing::warn!(error = %crate::error::Causes(&e), "reading the store for /metrics failed; serving the last reading");
                 self.store_up.set(0);
             }
             Err(_) => {
