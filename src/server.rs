@@ -150,6 +150,13 @@ pub async fn serve(
 /// Descriptors kept for the database pool, outbound connections and files.
 const DESCRIPTOR_RESERVE: u64 = 256;
 
+/// The most a connection's read buffer grows to (hyper's default is about
+/// 400 KiB). A buffer keeps the size it grew to for the life of its
+/// connection, so a few large webhook bodies would otherwise leave several
+/// hundred KiB on each keep-alive connection they came on; a large body is
+/// read in more, smaller reads instead.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Warns when the process's soft descriptor limit (Linux: /proc/self/limits)
 /// leaves less than [`DESCRIPTOR_RESERVE`] beside `max_connections`.
 fn warn_if_few_descriptors(max_connections: usize) {
@@ -232,6 +239,7 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Our own deadlines below replace hyper's header timer.
     builder.header_read_timeout(None);
+    builder.max_buf_size(READ_BUFFER);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut draining = false;

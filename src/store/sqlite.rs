@@ -56,7 +56,7 @@ impl Pools {
             // A 16 MiB page cache (the default is 2 MiB): the outbox's
             // working set under a backlog, read from memory, not the OS.
             .pragma("cache_size", "-16384");
-        let pool = |max| {
+        let pool = |max, options: &SqliteConnectOptions| {
             SqlitePoolOptions::new()
                 .max_connections(max)
                 // A connection to a local file cannot go stale: no ping
@@ -65,9 +65,13 @@ impl Pools {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options.clone())
         };
+        // Readers keep SQLite's default page cache (2 MiB): they read
+        // little besides the whole channel table once, at start, which a
+        // large cache would keep in memory for nothing.
+        let reader_options = options.clone().pragma("cache_size", "-2048");
         Ok(Self {
-            writer: pool(1).await?,
-            reader: pool(4).await?,
+            writer: pool(1, &options).await?,
+            reader: pool(4, &reader_options).await?,
         })
     }
 
@@ -93,6 +97,21 @@ pub(super) async fn begin_write_on(conn: &mut SqliteConnection) -> Result<Transa
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn readers_keep_a_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("n.db").display());
+        let pools = super::Pools::connect(&url).await.unwrap();
+        let size = |pool| async move {
+            sqlx::query_scalar::<_, i64>("PRAGMA cache_size")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        };
+        assert_eq!(size(&pools.writer).await, -16384);
+        assert_eq!(size(&pools.reader).await, -2048);
+    }
+
     #[test]
     fn create_mode_is_added_once() {
         assert_eq!(
