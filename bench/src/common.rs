@@ -287,6 +287,15 @@ pub async fn seed_channels(
     execute(database_url, &sql).await
 }
 
+/// CPU time (user + system) a process has used so far, to 10 ms.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
+}
+
 /// notimeter running on a fresh database; the PostgreSQL database is dropped after.
 pub struct Notimeter {
     pub process: Option<Process>,

@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{seed_channels, Common, Created, Process};
+use crate::common::{cpu_time, seed_channels, Common, Created, Process};
 use crate::core::{wait_count, Sink};
 
 #[derive(Args)]
@@ -36,15 +36,27 @@ async fn alertmanager(dir: &Path, url: &str, http: &reqwest::Client) -> Result<(
     crate::common::alertmanager(dir, &config, http).await
 }
 
+/// One measurement: the time, and the CPU time Alertmanager, notimeter
+/// (none when posting straight) and this process (the sink) used in it.
+struct Measured {
+    time: Duration,
+    alertmanager: Duration,
+    notimeter: Duration,
+    sink: Duration,
+}
+
 /// Posts one alert per user to Alertmanager and waits until the sink has
 /// `users` more notifications.
 async fn measure(
     http: &reqwest::Client,
-    am: &str,
+    (am, am_pid): (&str, u32),
+    notimeter: Option<u32>,
     sink: &Sink,
     users: usize,
     tag: &str,
-) -> Result<Duration> {
+) -> Result<Measured> {
+    let cpu = |pid: Option<u32>| pid.and_then(cpu_time).unwrap_or_default();
+    let me = Some(std::process::id());
     let alerts: Vec<_> = (0..users)
         .map(|u| {
             json!({"labels": {"alertname": format!("E2E{tag}"), "user_id": format!("user{u}"),
@@ -53,6 +65,7 @@ async fn measure(
         })
         .collect();
     let before = sink.received();
+    let cpu_before = [cpu(Some(am_pid)), cpu(notimeter), cpu(me)];
     let started = Instant::now();
     let r = http
         .post(format!("{am}/api/v2/alerts"))
@@ -63,12 +76,23 @@ async fn measure(
         bail!("Alertmanager refused the alerts: {}", r.status());
     }
     wait_count(&sink.count, before + users as u64, "end-to-end delivery").await?;
-    Ok(started.elapsed())
+    let time = started.elapsed();
+    let used = |i: usize, pid| cpu(pid).saturating_sub(cpu_before[i]);
+    Ok(Measured {
+        time,
+        alertmanager: used(0, Some(am_pid)),
+        notimeter: used(1, notimeter),
+        sink: used(2, me),
+    })
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 pub async fn run(args: E2eArgs) -> Result<()> {
@@ -83,6 +107,7 @@ pub async fn run(args: E2eArgs) -> Result<()> {
     })
     .await?;
     let server = created.spawn(&http).await?;
+    let pid = server.process.as_ref().map(|p| p.0.id());
     println!(
         "notimeter-bench e2e: {}, Alertmanager 0.25, {} users with one alert each, {} rounds",
         args.common.database_name(),
@@ -93,19 +118,27 @@ pub async fn run(args: E2eArgs) -> Result<()> {
     for round in 0..args.rounds {
         let sub = dir.path().join(format!("direct{round}"));
         let (am, base) = alertmanager(&sub, &format!("http://{addr}/direct"), &http).await?;
-        let d = measure(&http, &base, &sink, args.users, &format!("d{round}")).await?;
+        let tag = format!("d{round}");
+        let d = measure(&http, (&base, am.0.id()), None, &sink, args.users, &tag).await?;
         drop(am);
         let sub = dir.path().join(format!("via{round}"));
         let (am, base) = alertmanager(&sub, &server.ingest_url(), &http).await?;
-        let v = measure(&http, &base, &sink, args.users, &format!("v{round}")).await?;
+        let tag = format!("v{round}");
+        let v = measure(&http, (&base, am.0.id()), pid, &sink, args.users, &tag).await?;
         drop(am);
         println!(
-            "round {round}: via notimeter {:.3} s, Alertmanager straight to the sink {:.3} s",
-            v.as_secs_f64(),
-            d.as_secs_f64()
+            "round {round}: via notimeter {:.3} s (CPU: Alertmanager {:.0} ms, notimeter {:.0} ms, sink {:.0} ms), \
+             Alertmanager straight to the sink {:.3} s (CPU: Alertmanager {:.0} ms, sink {:.0} ms)",
+            v.time.as_secs_f64(),
+            ms(v.alertmanager),
+            ms(v.notimeter),
+            ms(v.sink),
+            d.time.as_secs_f64(),
+            ms(d.alertmanager),
+            ms(d.sink),
         );
-        via.push(v);
-        direct.push(d);
+        via.push(v.time);
+        direct.push(d.time);
     }
     let (v, d) = (median(via), median(direct));
     let rss = server.stop().await?.unwrap_or(f64::NAN);

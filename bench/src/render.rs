@@ -23,15 +23,6 @@ pub struct RenderArgs {
     pub alerts: usize,
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
-}
-
 struct Measured {
     render: Duration,
     bytes: usize,
@@ -91,7 +82,7 @@ async fn measure(
     // Settle, then the CPU Alertmanager spends routing the alerts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = am.0.id();
-    let before = cpu_time(pid).unwrap_or_default();
+    let before = crate::common::cpu_time(pid).unwrap_or_default();
     for batch in 0..args.alerts.div_ceil(100) {
         let alerts: Vec<_> = (0..100.min(args.alerts - batch * 100))
             .map(|i| {
@@ -110,7 +101,9 @@ async fn measure(
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu = cpu_time(pid).unwrap_or_default().saturating_sub(before);
+    let cpu = crate::common::cpu_time(pid)
+        .unwrap_or_default()
+        .saturating_sub(before);
     drop(am);
     Ok(Measured {
         render,

@@ -323,7 +323,17 @@ impl<'a> OutgoingPayload<'a> {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a payload serialises")
+        self.to_json_in(&mut Vec::new())
+    }
+
+    /// The JSON, written to `scratch` first and then copied to a string of
+    /// exactly its length: the many payloads of a large notification wait
+    /// in memory until they are stored, and a string grown as it is written
+    /// keeps up to twice its length (and is reallocated on the way).
+    pub fn to_json_in(&self, scratch: &mut Vec<u8>) -> String {
+        scratch.clear();
+        serde_json::to_writer(&mut *scratch, self).expect("a payload serialises");
+        String::from_utf8(scratch.to_vec()).expect("serde_json writes UTF-8")
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Plan {
     pub undeliverable: Vec<Undeliverable>,
     /// Received alerts per user they were attributed to (for the counters).
     pub received: BTreeMap<String, u64>,
+    /// Where each message's payload is written before it is copied out.
+    scratch: Vec<u8>,
 }
 
 fn attribute(alert: Alert) -> Attributed {
@@ -100,7 +102,7 @@ impl Plan {
                 group_key: envelope.group_key.clone(),
                 alert_count: to_send.len() as i64,
                 alertnames,
-                payload: OutgoingPayload::new(envelope, &to_send).to_json(),
+                payload: OutgoingPayload::new(envelope, &to_send).to_json_in(&mut self.scratch),
             });
         }
         matched
