@@ -122,7 +122,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_concurrent_ingests: 64,
-            max_ingest_bytes: 4 * 1024 * 1024,
+            max_ingest_bytes: 2 * 1024 * 1024,
             ingest_queue_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
             store_timeout: Duration::from_millis(1500),
