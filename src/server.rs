@@ -302,6 +302,9 @@ struct Conn {
     changed: Notify,
     /// Cancelled to close it (the cap, or descriptors running out).
     close: CancellationToken,
+    /// Whether the registry still counts it as open (neither told to close
+    /// nor removed); whoever clears it takes it off the count.
+    counted: AtomicBool,
 }
 
 impl Conn {
@@ -317,6 +320,7 @@ impl Conn {
             last_write: AtomicU64::new(now),
             changed: Notify::new(),
             close: CancellationToken::new(),
+            counted: AtomicBool::new(true),
         }
     }
 
@@ -386,6 +390,9 @@ impl Conn {
 #[derive(Default)]
 struct Registry {
     connections: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// Connections open and not told to close: read on every accept, so
+    /// kept as a count rather than found by walking every connection.
+    open: AtomicUsize,
     next_id: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
     removed: Notify,
@@ -400,21 +407,33 @@ impl Registry {
         let epoch = *self.epoch.get_or_init(Instant::now);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(epoch));
+        self.open.fetch_add(1, Ordering::AcqRel);
         self.lock().insert(id, conn.clone());
         (id, conn)
     }
 
     fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        if let Some(c) = self.lock().remove(&id) {
+            self.uncount(&c);
+        }
         self.removed.notify_waiters();
+    }
+
+    /// Tells a connection to close; it no longer counts as open.
+    fn close(&self, c: &Conn) {
+        c.close.cancel();
+        self.uncount(c);
+    }
+
+    fn uncount(&self, c: &Conn) {
+        if c.counted.swap(false, Ordering::AcqRel) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Connections open and not already told to close.
     fn open(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|c| !c.close.is_cancelled())
-            .count()
+        self.open.load(Ordering::Acquire)
     }
 
     /// Closes the connection that has waited for a request the longest (not
@@ -427,7 +446,7 @@ impl Registry {
             .min_by_key(|(_, c)| c.waiting_since.load(Ordering::Acquire));
         match oldest {
             Some((_, c)) => {
-                c.close.cancel();
+                self.close(c);
                 true
             }
             None => false,
@@ -451,7 +470,7 @@ impl Registry {
                 _ = sleep_until(until) => {
                     info!(connections = left, "shutdown timeout reached; closing connections still open");
                     for c in self.lock().values() {
-                        c.close.cancel();
+                        self.close(c);
                     }
                     return;
                 }
@@ -646,6 +665,36 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn the_open_count_leaves_out_closed_and_removed_connections_once() {
+        let registry = Registry::default();
+        let (a, conn_a) = registry.add();
+        let (b, conn_b) = registry.add();
+        let (c, _) = registry.add();
+        assert_eq!(registry.open(), 3);
+        // One of those waiting (not `c`) is told to close.
+        assert!(registry.evict_longest_waiting(Some(c)));
+        assert_eq!(registry.open(), 2);
+        let (evicted, other) = if conn_a.close.is_cancelled() {
+            (a, conn_b)
+        } else {
+            (b, conn_a)
+        };
+        // Its task ends later and removes it: not counted twice.
+        registry.remove(evicted);
+        assert_eq!(registry.open(), 2);
+        registry.close(&other);
+        assert!(other.close.is_cancelled());
+        registry.close(&other);
+        assert_eq!(registry.open(), 1);
+        registry.remove(if evicted == a { b } else { a });
+        assert_eq!(registry.open(), 1);
+        registry.remove(c);
+        registry.remove(c);
+        assert_eq!(registry.open(), 0);
+        assert!(registry.lock().is_empty());
     }
 
     #[tokio::test]
