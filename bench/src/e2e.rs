@@ -37,7 +37,8 @@ async fn alertmanager(dir: &Path, url: &str, http: &reqwest::Client) -> Result<(
 }
 
 /// One measurement: the time, and the CPU time Alertmanager, notimeter
-/// (none when posting straight) and this process (the sink) used in it.
+/// (none when posting straight; PostgreSQL's server is not counted) and
+/// this process (the sink, and posting the alerts) used in it.
 struct Measured {
     time: Duration,
     alertmanager: Duration,

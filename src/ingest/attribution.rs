@@ -147,6 +147,8 @@ pub fn plan(
         Target::Channel(receiver) => plan.for_channel(routes, envelope, &receiver, &alerts),
         Target::CatchAll => plan.for_catch_all(routes, envelope, &alerts),
     }
+    // Not kept while the messages are stored.
+    plan.scratch = Vec::new();
     plan
 }
 
