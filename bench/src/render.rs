@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
+use crate::common::cpu_time;
+
 #[derive(Args)]
 pub struct RenderArgs {
     /// Users, each with `--channels` channels.
@@ -82,7 +84,7 @@ async fn measure(
     // Settle, then the CPU Alertmanager spends routing the alerts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = am.0.id();
-    let before = crate::common::cpu_time(pid).unwrap_or_default();
+    let before = cpu_time(pid).unwrap_or_default();
     for batch in 0..args.alerts.div_ceil(100) {
         let alerts: Vec<_> = (0..100.min(args.alerts - batch * 100))
             .map(|i| {
@@ -101,9 +103,7 @@ async fn measure(
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu = crate::common::cpu_time(pid)
-        .unwrap_or_default()
-        .saturating_sub(before);
+    let cpu = cpu_time(pid).unwrap_or_default().saturating_sub(before);
     drop(am);
     Ok(Measured {
         render,
