@@ -22,8 +22,8 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 
 use crate::common::{
-    execute, free_addr, group_payload, post_fanout, seed_channels, series, wait_ready, Common,
-    Created, Notimeter, Process,
+    execute, free_addr, group_payload, machine_busy, post_fanout, seed_channels, series,
+    wait_ready, Common, Created, Notimeter, Process,
 };
 
 #[derive(Args)]
@@ -574,7 +574,9 @@ pub async fn run(args: CoreArgs) -> Result<()> {
     let ingest = server.ingest_url();
 
     let before = sink.received();
+    let busy = machine_busy()?;
     let (t, generator) = closed_loop(&http, &ingest, &args.load(), 0, dir.path()).await?;
+    let durable_cpu = per_payload_us(machine_busy()? - busy, t.requests);
     let during = sink.received() - before;
     let durable_rps = t.requests as f64 / t.elapsed.as_secs_f64();
     println!("load        {generator}, {} connections", args.concurrency);
@@ -640,7 +642,9 @@ pub async fn run(args: CoreArgs) -> Result<()> {
     );
     let null_url = format!("http://{null_addr}/v1/alertmanager");
     wait_ready(&http, &format!("http://{null_addr}"), "/").await?;
+    let busy = machine_busy()?;
     let (tn, _) = closed_loop(&http, &null_url, &args.load(), 2 << 40, dir.path()).await?;
+    let null_cpu = per_payload_us(machine_busy()? - busy, tn.requests);
     let null_rps = tn.requests as f64 / tn.elapsed.as_secs_f64();
     println!(
         "ingest      no store:  {null_rps:>8.0} payloads/s answered, mean {:.2} ms",
@@ -670,7 +674,9 @@ pub async fn run(args: CoreArgs) -> Result<()> {
     let forward_url = format!("http://{forward_addr}/v1/alertmanager");
     wait_ready(&http, &format!("http://{forward_addr}"), "/").await?;
     let before = sink.received();
+    let busy = machine_busy()?;
     let (tf, _) = closed_loop(&http, &forward_url, &args.load(), 4 << 40, dir.path()).await?;
+    let forward_cpu = per_payload_us(machine_busy()? - busy, tf.requests);
     let forward_rps = tf.requests as f64 / tf.elapsed.as_secs_f64();
     println!(
         "ingest      no store, delivering: {forward_rps:>8.0} payloads/s answered once delivered, mean {:.2} ms ({} delivered)",
@@ -687,5 +693,26 @@ pub async fn run(args: CoreArgs) -> Result<()> {
         forward_rps / null_rps,
         durable_rps / forward_rps
     );
+    // What 0.20 leaves for storage: at that rate the machine's cores give
+    // each payload cores ÷ rate of CPU, of which receiving and delivering it
+    // with no store (the load generator and sink included) take what the
+    // forwarder's run took. `notimeter-bench floor` measures the least that
+    // storing a message costs, to compare with it.
+    let target = 0.20 * null_rps;
+    println!(
+        "cpu         machine CPU per payload: durable {durable_cpu:.1} µs, no store {null_cpu:.1} µs, no store delivering {forward_cpu:.1} µs; storage costs durable's less the last: {:.1} µs",
+        durable_cpu - forward_cpu
+    );
+    println!(
+        "budget      at 0.20 ({target:.0} payloads/s) the {} cores give {:.1} µs per payload: storing a message may cost at most {:.1} µs of machine CPU",
+        cores(),
+        cores() as f64 * 1e6 / target,
+        cores() as f64 * 1e6 / target - forward_cpu
+    );
     Ok(())
+}
+
+/// Microseconds of `cpu` per payload of `payloads`.
+fn per_payload_us(cpu: Duration, payloads: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / payloads.max(1) as f64
 }

@@ -12,7 +12,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{cpu_time, seed_channels, Common, Created, Process};
+use std::process::{Command, Stdio};
+
+use crate::common::{cpu_time, free_addr, seed_channels, wait_ready, Common, Created, Process};
 use crate::core::{wait_count, Sink};
 
 #[derive(Args)]
@@ -36,8 +38,9 @@ async fn alertmanager(dir: &Path, url: &str, http: &reqwest::Client) -> Result<(
     crate::common::alertmanager(dir, &config, http).await
 }
 
-/// One measurement: the time, and the CPU time Alertmanager, notimeter
-/// (none when posting straight; PostgreSQL's server is not counted) and
+/// One measurement: the time, and the CPU time Alertmanager, notimeter or
+/// the forwarder (none when posting straight; PostgreSQL's server is not
+/// counted) and
 /// this process (the sink, and posting the alerts) used in it.
 struct Measured {
     time: Duration,
@@ -109,13 +112,32 @@ pub async fn run(args: E2eArgs) -> Result<()> {
     .await?;
     let server = created.spawn(&http).await?;
     let pid = server.process.as_ref().map(|p| p.0.id());
+    // The ceiling of any store-and-forward design here: the bench's
+    // forwarder (see `core::forward_handler`), which posts each alert to
+    // its user's webhook on the same sink and answers once the sink has,
+    // with no store at all.
+    let forward_addr = free_addr()?;
+    let forward = Process(
+        Command::new(std::env::current_exe()?)
+            .args([
+                "forward-server",
+                "--listen",
+                &forward_addr.to_string(),
+                "--sink",
+                &format!("http://{addr}"),
+            ])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_ready(&http, &format!("http://{forward_addr}"), "/").await?;
+    let forward_url = format!("http://{forward_addr}/v1/alertmanager");
     println!(
         "notimeter-bench e2e: {}, Alertmanager 0.25, {} users with one alert each, {} rounds",
         args.common.database_name(),
         args.users,
         args.rounds
     );
-    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    let (mut via, mut direct, mut forwarded) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
         let sub = dir.path().join(format!("direct{round}"));
         let (am, base) = alertmanager(&sub, &format!("http://{addr}/direct"), &http).await?;
@@ -127,9 +149,23 @@ pub async fn run(args: E2eArgs) -> Result<()> {
         let tag = format!("v{round}");
         let v = measure(&http, (&base, am.0.id()), pid, &sink, args.users, &tag).await?;
         drop(am);
+        let sub = dir.path().join(format!("forward{round}"));
+        let (am, base) = alertmanager(&sub, &forward_url, &http).await?;
+        let tag = format!("f{round}");
+        let f = measure(
+            &http,
+            (&base, am.0.id()),
+            Some(forward.0.id()),
+            &sink,
+            args.users,
+            &tag,
+        )
+        .await?;
+        drop(am);
         println!(
             "round {round}: via notimeter {:.3} s (CPU: Alertmanager {:.0} ms, notimeter {:.0} ms, sink {:.0} ms), \
-             Alertmanager straight to the sink {:.3} s (CPU: Alertmanager {:.0} ms, sink {:.0} ms)",
+             Alertmanager straight to the sink {:.3} s (CPU: Alertmanager {:.0} ms, sink {:.0} ms), \
+             via the no-store forwarder {:.3} s (CPU: Alertmanager {:.0} ms, forwarder {:.0} ms, sink {:.0} ms)",
             v.time.as_secs_f64(),
             ms(v.alertmanager),
             ms(v.notimeter),
@@ -137,17 +173,30 @@ pub async fn run(args: E2eArgs) -> Result<()> {
             d.time.as_secs_f64(),
             ms(d.alertmanager),
             ms(d.sink),
+            f.time.as_secs_f64(),
+            ms(f.alertmanager),
+            ms(f.notimeter),
+            ms(f.sink),
         );
         via.push(v.time);
         direct.push(d.time);
+        forwarded.push(f.time);
     }
-    let (v, d) = (median(via), median(direct));
+    let (v, d, f) = (median(via), median(direct), median(forwarded));
+    drop(forward);
     let rss = server.stop().await?.unwrap_or(f64::NAN);
     println!(
         "e2e         median: via notimeter {:.3} s ÷ straight {:.3} s = {:.2}; notimeter peak RSS {rss:.1} MB",
         v.as_secs_f64(),
         d.as_secs_f64(),
         v.as_secs_f64() / d.as_secs_f64()
+    );
+    println!(
+        "ceiling     median: via the no-store forwarder {:.3} s ÷ straight {:.3} s = {:.2}; via notimeter ÷ via the forwarder = {:.2}",
+        f.as_secs_f64(),
+        d.as_secs_f64(),
+        f.as_secs_f64() / d.as_secs_f64(),
+        v.as_secs_f64() / f.as_secs_f64()
     );
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod common;
 mod core;
 mod e2e;
+mod floor;
 mod integrations;
 mod ledger;
 mod memory;
@@ -29,6 +30,8 @@ enum Verb {
     Core(core::CoreArgs),
     /// Through a real Alertmanager to 1,000 users' webhooks, against Alertmanager posting straight to them.
     E2e(e2e::E2eArgs),
+    /// The CPU a message's storage costs at least: notimeter's outbox statements with nothing around them.
+    Floor(floor::FloorArgs),
     /// Messages per second per integration, and a slow destination's effect on the others.
     Integrations(integrations::IntegrationArgs),
     /// Closing a period of 1,000,000 messages, exporting 100,000 rows, peak RSS.
@@ -64,6 +67,7 @@ fn main() -> Result<()> {
         match cli.verb {
             Verb::Core(args) => core::run(args).await,
             Verb::E2e(args) => e2e::run(args).await,
+            Verb::Floor(args) => floor::run(args).await,
             Verb::Integrations(args) => integrations::run(args).await,
             Verb::Ledger(args) => ledger::run(args).await,
             Verb::Memory(args) => memory::run(args).await,

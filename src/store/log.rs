@@ -5,7 +5,7 @@
 
 use sqlx::FromRow;
 
-use super::outbox::placeholders;
+use super::statements::placeholders;
 use super::{on, Result, Store};
 use crate::clock::Millis;
 

@@ -24,6 +24,7 @@ mod reconcile;
 mod records;
 mod sessions;
 mod sqlite;
+pub mod statements;
 
 use std::future::Future;
 use std::sync::Arc;

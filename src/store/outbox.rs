@@ -2,6 +2,7 @@
 //! release, record, the pending count, dedupe pruning.
 
 use super::ledger::{period_now, PeriodNow};
+use super::statements;
 use super::{
     group, on, AttemptRecord, ClaimedMessage, Dialect, Enqueued, IngestBatch, NewMessage, Outcome,
     Recorded, Result, Store, StoreError, Superseded, Tx,
@@ -378,31 +379,6 @@ impl Store {
 /// bound parameters (SQLite 32,766, PostgreSQL 65,535).
 const ROWS_PER_STATEMENT: usize = 400;
 
-/// `($1, $2), ($3, $4), …`: `rows` rows of `cols` placeholders each.
-pub(super) fn placeholders(rows: usize, cols: usize) -> String {
-    placeholders_from(1, rows, cols)
-}
-
-/// [`placeholders`] numbered from `first`.
-fn placeholders_from(first: usize, rows: usize, cols: usize) -> String {
-    let mut sql = String::with_capacity(rows * cols * 5);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for col in 0..cols {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(first + row * cols + col).to_string());
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 /// A multi-row statement as `tx`'s backend runs it fastest. SQLite looks a
 /// numbered parameter up by name in a list, once when it prepares the
 /// statement and once more each time sqlx binds it: for a statement of
@@ -414,30 +390,7 @@ fn for_backend(tx: &mut Tx<'_>, sql: String) -> String {
     if !on!(tx.conn(), |_c, D| <D as Dialect>::POSITIONAL) {
         return sql;
     }
-    positional(&sql).unwrap_or(sql)
-}
-
-/// `sql` with each `$N` replaced by `?`, if they run `$1, $2, …` in the
-/// text's order (then `?`, numbered by position, binds the same values);
-/// None otherwise.
-fn positional(sql: &str) -> Option<String> {
-    let mut out = String::with_capacity(sql.len());
-    let mut next = 1;
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let digits = rest[at + 1..]
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len() - at - 1);
-        if rest[at + 1..at + 1 + digits].parse::<usize>().ok()? != next {
-            return None;
-        }
-        next += 1;
-        out.push('?');
-        rest = &rest[at + 1 + digits..];
-    }
-    out.push_str(rest);
-    Some(out)
+    statements::positional(&sql).unwrap_or(sql)
 }
 
 /// Whether two of `batches` share a dedupe key, or two of their messages a
@@ -566,13 +519,7 @@ async fn insert_dedupe_keys(
     let now = batches.iter().map(|b| b.now).max().unwrap_or_default();
     let mut fresh = std::collections::HashSet::new();
     for chunk in batches.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO dedupe (key, expires_at) VALUES {} \
-             ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at \
-             WHERE dedupe.expires_at <= ${} RETURNING key",
-            placeholders(chunk.len(), 2),
-            chunk.len() * 2 + 1
-        );
+        let sql = statements::insert_dedupe(chunk.len());
         let sql = for_backend(tx, sql);
         let keys: Vec<String> = on!(tx.conn(), |c| {
             let mut q = sqlx::query_scalar(&sql);
@@ -635,12 +582,7 @@ async fn insert_messages(
 ) -> Result<Vec<i64>> {
     let mut all = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO messages (user_id, channel_id, integration, group_key, payload, \
-               alert_count, alertnames, created_at, due_at, lease_owner, lease_until) VALUES {} \
-             RETURNING id",
-            placeholders(chunk.len(), 11)
-        );
+        let sql = statements::insert_messages(chunk.len());
         let sql = for_backend(tx, sql);
         let mut ids: Vec<i64> = on!(tx.conn(), |c| {
             let mut q = sqlx::query_scalar(&sql);
@@ -696,18 +638,7 @@ async fn finish_many(
     let mut applied = std::collections::HashSet::new();
     let mut groups = Vec::new();
     for chunk in finals.chunks(ROWS_PER_STATEMENT) {
-        // Numbered in the text's order (see `for_backend`): the time and
-        // period first, then the rows, then the owner.
-        let sql = format!(
-            "UPDATE messages SET state = v.column2, attempts = v.column3, last_reason = v.column4, \
-               last_error = v.column5, segments = v.column6, final_at = $1, period_id = $2, \
-               paced = FALSE, lease_owner = NULL, lease_until = NULL \
-             FROM (VALUES {}) AS v \
-             WHERE messages.id = v.column1 AND messages.state = 'pending' AND messages.lease_owner = ${} \
-             RETURNING messages.id, messages.user_id, messages.channel_id, messages.group_key",
-            placeholders_from(3, chunk.len(), 6),
-            chunk.len() * 6 + 3
-        );
+        let sql = statements::finish_messages(chunk.len());
         let sql = for_backend(tx, sql);
         let rows: Vec<(i64, String, String, String)> = on!(tx.conn(), |c| {
             let mut q = sqlx::query_as(&sql).bind(final_at).bind(&period_id);
@@ -761,14 +692,7 @@ async fn pending_groups(
 ) -> Result<std::collections::HashSet<GroupOf>> {
     let mut found = std::collections::HashSet::new();
     for chunk in groups.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
-             WHERE (SELECT 1 FROM messages m WHERE m.user_id = v.column1 \
-                      AND m.channel_id = v.column2 AND m.group_key = v.column3 \
-                      AND m.state = 'pending' LIMIT 1) IS NOT NULL{}",
-            placeholders(chunk.len(), 3),
-            if first { " LIMIT 1" } else { "" }
-        );
+        let sql = statements::pending_groups(chunk.len(), first);
         let sql = for_backend(tx, sql);
         let rows: Vec<GroupOf> = on!(tx.conn(), |c| {
             let mut q = sqlx::query_as(&sql);
@@ -787,11 +711,7 @@ async fn pending_groups(
 
 async fn insert_attempts(tx: &mut Tx<'_>, records: &[&AttemptRecord]) -> Result<()> {
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO attempts (message_id, attempt, started_at, duration_ms, result, status_code, error, segments) \
-             VALUES {}",
-            placeholders(chunk.len(), 8)
-        );
+        let sql = statements::insert_attempts(chunk.len());
         let sql = for_backend(tx, sql);
         on!(tx.conn(), |c| {
             let mut q = sqlx::query(&sql);
@@ -837,15 +757,7 @@ async fn count_usage_many(
     }
     let sums: Vec<_> = sums.into_iter().collect();
     for chunk in sums.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO usage (period_id, user_id, integration, delivered, failed, \
-               delivered_segments, failed_segments) VALUES {} \
-             ON CONFLICT (period_id, user_id, integration) DO UPDATE SET \
-               delivered = usage.delivered + excluded.delivered, failed = usage.failed + excluded.failed, \
-               delivered_segments = usage.delivered_segments + excluded.delivered_segments, \
-               failed_segments = usage.failed_segments + excluded.failed_segments",
-            placeholders(chunk.len(), 7)
-        );
+        let sql = statements::count_usage(chunk.len());
         let sql = for_backend(tx, sql);
         on!(tx.conn(), |c| {
             let mut q = sqlx::query(&sql);
@@ -1102,30 +1014,4 @@ async fn has_newer_in_group(tx: &mut Tx<'_>, message_id: i64) -> Result<bool> {
     .fetch_optional(c)
     .await?
     .is_some()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{placeholders_from, positional};
-
-    #[test]
-    fn numbered_parameters_in_order_become_anonymous() {
-        let sql = format!(
-            "UPDATE t SET a = $1 FROM (VALUES {}) AS v WHERE b = $6",
-            placeholders_from(2, 2, 2)
-        );
-        assert_eq!(
-            positional(&sql).as_deref(),
-            Some("UPDATE t SET a = ? FROM (VALUES (?, ?), (?, ?)) AS v WHERE b = ?")
-        );
-        assert_eq!(positional("SELECT 1").as_deref(), Some("SELECT 1"));
-    }
-
-    #[test]
-    fn numbered_parameters_out_of_order_are_left_alone() {
-        assert_eq!(positional("SELECT $2, $1"), None);
-        assert_eq!(positional("SELECT $1, $1"), None);
-        assert_eq!(positional("SELECT $1, $3"), None);
-        assert_eq!(positional("SELECT $x"), None);
-    }
 }

@@ -1,0 +1,376 @@
+//! The floor of storing a message: notimeter's own outbox statements, as a
+//! writer's cycle runs them under the `core` load, run in a tight loop
+//! against the database with nothing around them: no HTTP, no JSON, no
+//! async runtime, no pool; on SQLite not even sqlx (the engine through
+//! rusqlite, on the same bundled SQLite, with notimeter's pragmas). What it
+//! costs per message is less than any implementation of this schema can
+//! spend, so comparing it with what `core`'s ratio leaves for storage
+//! (`core` prints that budget) tells whether the target is within reach.
+//!
+//! A cycle does less than notimeter's: per message, it inserts the dedupe
+//! key, looks for a pending message of its group, inserts the message
+//! leased (as the writer does when a dispatcher has room: no claim), and
+//! makes the previous cycle's messages final with their attempts and usage;
+//! it leaves out the period read, the claim statement, undeliverable alerts,
+//! PostgreSQL's group locks and everything outside the transaction.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use notimeter::store::statements;
+
+use crate::common::{group_payload, machine_busy, thread_cpu_time, Common, Created, Database};
+
+#[derive(Args)]
+pub struct FloorArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Messages per cycle (one transaction): a list, each measured in turn.
+    /// 32 is the most `core`'s 32 connections can put in one cycle.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+    pub per: Vec<usize>,
+    /// Users the messages are spread over (each its own dedupe key, group
+    /// and usage row, as in `core`).
+    #[arg(long, default_value_t = 1000)]
+    pub users: u64,
+}
+
+/// One statement parameter, bound the same way on both backends.
+enum Param {
+    Text(String),
+    Int(i64),
+    NullText,
+    NullInt,
+}
+
+/// One statement: its text (numbered `$N`) and parameters.
+struct Statement {
+    sql: String,
+    params: Vec<Param>,
+}
+
+/// The messages of one cycle and what it needs from the one before.
+struct Cycle {
+    /// Finish the previous cycle's messages, then insert this cycle's:
+    /// the statements in the writer's order (outcomes first).
+    statements: Vec<Statement>,
+}
+
+/// What the loop produces: the statements of cycle `n` given the ids the
+/// previous one inserted.
+struct Workload {
+    per: usize,
+    users: u64,
+    period: String,
+    seq: u64,
+    /// (id, user) of the messages inserted by the previous cycle.
+    previous: Vec<(i64, String)>,
+    /// One-alert payloads as `core` sends them, made before the loop (so
+    /// that it measures storing them, not making them).
+    payloads: Vec<String>,
+}
+
+impl Workload {
+    fn cycle(&mut self, now: i64) -> Cycle {
+        let mut statements = Vec::new();
+        let previous = std::mem::take(&mut self.previous);
+        if !previous.is_empty() {
+            let mut p = vec![Param::Int(now), Param::Text(self.period.clone())];
+            for (id, _) in &previous {
+                p.extend([
+                    Param::Int(*id),
+                    Param::Text("delivered".into()),
+                    Param::Int(1),
+                    Param::NullText,
+                    Param::NullText,
+                    Param::NullInt,
+                ]);
+            }
+            p.push(Param::Text("floor".into()));
+            statements.push(Statement {
+                sql: statements::finish_messages(previous.len()),
+                params: p,
+            });
+            let mut p = Vec::new();
+            for (id, _) in &previous {
+                p.extend([
+                    Param::Int(*id),
+                    Param::Int(1),
+                    Param::Int(now),
+                    Param::Int(2),
+                    Param::Text("success".into()),
+                    Param::Int(200),
+                    Param::NullText,
+                    Param::NullInt,
+                ]);
+            }
+            statements.push(Statement {
+                sql: statements::insert_attempts(previous.len()),
+                params: p,
+            });
+            let mut users: Vec<&str> = previous.iter().map(|(_, u)| u.as_str()).collect();
+            users.sort_unstable();
+            let mut counts: Vec<(&str, i64)> = Vec::new();
+            for u in users {
+                match counts.last_mut() {
+                    Some((last, n)) if *last == u => *n += 1,
+                    _ => counts.push((u, 1)),
+                }
+            }
+            let mut p = Vec::new();
+            for (u, n) in &counts {
+                p.extend([
+                    Param::Text(self.period.clone()),
+                    Param::Text((*u).into()),
+                    Param::Text("webhook".into()),
+                    Param::Int(*n),
+                    Param::Int(0),
+                    Param::Int(0),
+                    Param::Int(0),
+                ]);
+            }
+            statements.push(Statement {
+                sql: statements::count_usage(counts.len()),
+                params: p,
+            });
+        }
+        let mut keys = Vec::new();
+        let mut groups = Vec::new();
+        let mut messages = Vec::new();
+        for _ in 0..self.per {
+            self.seq += 1;
+            // Users in a scattered order, as 32 clients' requests arrive.
+            let user = format!("user{}", self.seq.wrapping_mul(7919) % self.users);
+            let group_key = format!(
+                "{{}}:{{alertname=\"HighCPU\", user_id=\"{user}\"}}#{}",
+                self.seq
+            );
+            let payload = &self.payloads[self.seq as usize % self.payloads.len()];
+            keys.extend([
+                Param::Text(format!(
+                    "{:016x}{:016x}{:016x}{:016x}",
+                    self.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    self.seq.wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
+                    self.seq.rotate_left(17).wrapping_mul(0x1656_67b1_9e37_79f9),
+                    self.seq
+                )),
+                Param::Int(now + 30_000),
+            ]);
+            groups.extend([
+                Param::Text(user.clone()),
+                Param::Text("c".into()),
+                Param::Text(group_key.clone()),
+            ]);
+            messages.extend([
+                Param::Text(user),
+                Param::Text("c".into()),
+                Param::Text("webhook".into()),
+                Param::Text(group_key),
+                Param::Text(payload.clone()),
+                Param::Int(1),
+                Param::Text("HighCPU".into()),
+                Param::Int(now),
+                Param::Int(now),
+                Param::Text("floor".into()),
+                Param::Int(now + 240_000),
+            ]);
+        }
+        keys.push(Param::Int(now));
+        statements.push(Statement {
+            sql: statements::insert_dedupe(self.per),
+            params: keys,
+        });
+        statements.push(Statement {
+            sql: statements::pending_groups(self.per, false),
+            params: groups,
+        });
+        statements.push(Statement {
+            sql: statements::insert_messages(self.per),
+            params: messages,
+        });
+        Cycle { statements }
+    }
+}
+
+/// Per message: the loop's own CPU (the thread or process that ran it), the
+/// whole machine's (SQLite: the kernel's writeback; PostgreSQL: its server
+/// processes too), and the wall time.
+struct Cost {
+    messages: u64,
+    own: Duration,
+    machine: Duration,
+    wall: Duration,
+}
+
+impl Cost {
+    fn per_message_us(d: Duration, n: u64) -> f64 {
+        d.as_secs_f64() * 1e6 / n.max(1) as f64
+    }
+    fn print(&self, what: &str, per: usize) {
+        println!(
+            "floor       {what}, {per:>3} messages a cycle: {:>6.1} µs of CPU per message in the loop, {:>6.1} µs on the machine; {:>6.0} messages/s",
+            Self::per_message_us(self.own, self.messages),
+            Self::per_message_us(self.machine, self.messages),
+            self.messages as f64 / self.wall.as_secs_f64()
+        );
+    }
+}
+
+/// The open period's id (what `notimeter migrate` opened).
+const OPEN_PERIOD: &str = "SELECT id FROM periods WHERE end_at IS NULL AND user_id IS NULL";
+
+fn sqlite_loop(path: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
+    use rusqlite::types::Value;
+    let c = rusqlite::Connection::open(path)?;
+    // notimeter's pragmas (src/store/sqlite.rs).
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA temp_store = memory; PRAGMA cache_size = -8192; PRAGMA busy_timeout = 5000;",
+    )?;
+    work.period = c.query_row(OPEN_PERIOD, [], |r| r.get(0))?;
+    let started = Instant::now();
+    let (own, machine) = (thread_cpu_time()?, machine_busy()?);
+    let mut messages = 0;
+    let mut now = notimeter::clock::now_ms();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        now += 1;
+        let finishing = work.previous.len();
+        let cycle = work.cycle(now);
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        let mut ids = Vec::new();
+        for s in &cycle.statements {
+            let sql = statements::positional(&s.sql).unwrap_or_else(|| s.sql.clone());
+            let mut st = c.prepare_cached(&sql)?;
+            let params = s.params.iter().map(|p| match p {
+                Param::Text(t) => Value::Text(t.clone()),
+                Param::Int(i) => Value::Integer(*i),
+                Param::NullText | Param::NullInt => Value::Null,
+            });
+            let mut rows = st.query(rusqlite::params_from_iter(params))?;
+            let inserting = s.sql.starts_with("INSERT INTO messages");
+            while let Some(row) = rows.next()? {
+                if inserting {
+                    ids.push(row.get::<_, i64>(0)?);
+                }
+            }
+        }
+        c.execute_batch("COMMIT")?;
+        messages += finishing as u64;
+        work.previous = remember(ids, &cycle)?;
+    }
+    Ok(Cost {
+        messages,
+        own: thread_cpu_time()? - own,
+        machine: machine_busy()? - machine,
+        wall: started.elapsed(),
+    })
+}
+
+/// The (id, user) of each message a cycle inserted, in insert order.
+fn remember(mut ids: Vec<i64>, cycle: &Cycle) -> Result<Vec<(i64, String)>> {
+    ids.sort_unstable();
+    let inserted = cycle.statements.last().context("a cycle inserts")?;
+    let users: Vec<String> = inserted
+        .params
+        .chunks(11)
+        .map(|row| match &row[0] {
+            Param::Text(u) => u.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    if users.len() != ids.len() {
+        bail!("inserted {} messages, got {} ids", users.len(), ids.len());
+    }
+    Ok(ids.into_iter().zip(users).collect())
+}
+
+async fn postgres_loop(url: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
+    use sqlx::{Connection, Row};
+    let mut c = sqlx::PgConnection::connect(url).await?;
+    work.period = sqlx::query_scalar(OPEN_PERIOD).fetch_one(&mut c).await?;
+    let me = std::process::id();
+    let started = Instant::now();
+    let own = crate::common::cpu_time(me).context("reading this process's CPU time")?;
+    let machine = machine_busy()?;
+    let mut messages = 0;
+    let mut now = notimeter::clock::now_ms();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        now += 1;
+        let finishing = work.previous.len();
+        let cycle = work.cycle(now);
+        let mut tx = c.begin().await?;
+        let mut ids = Vec::new();
+        for s in &cycle.statements {
+            let mut q = sqlx::query(&s.sql);
+            for p in &s.params {
+                q = match p {
+                    Param::Text(t) => q.bind(t.as_str()),
+                    Param::Int(i) => q.bind(*i),
+                    Param::NullText => q.bind(None::<String>),
+                    Param::NullInt => q.bind(None::<i64>),
+                };
+            }
+            let rows = q.fetch_all(&mut *tx).await?;
+            if s.sql.starts_with("INSERT INTO messages") {
+                for row in rows {
+                    ids.push(row.try_get::<i64, _>(0)?);
+                }
+            }
+        }
+        tx.commit().await?;
+        messages += finishing as u64;
+        work.previous = remember(ids, &cycle)?;
+    }
+    Ok(Cost {
+        messages,
+        own: crate::common::cpu_time(me).context("reading this process's CPU time")? - own,
+        machine: machine_busy()? - machine,
+        wall: started.elapsed(),
+    })
+}
+
+pub async fn run(args: FloorArgs) -> Result<()> {
+    println!(
+        "floor: notimeter's outbox statements with nothing around them, {}, {} users, {} s a measurement",
+        args.common.database_name(),
+        args.users,
+        args.seconds
+    );
+    for &per in &args.per {
+        let dir = tempfile::tempdir()?;
+        let created = Created::new(&args.common, dir.path(), "").await?;
+        created.migrate()?;
+        let mut work = Workload {
+            per,
+            users: args.users,
+            period: String::new(),
+            seq: 0,
+            previous: Vec::new(),
+            payloads: (0..1024)
+                .map(|i| group_payload(i, &format!("user{}", i % args.users), 1).to_string())
+                .collect(),
+        };
+        match args.common.database {
+            Database::Sqlite => {
+                let path = created
+                    .database_url
+                    .trim_start_matches("sqlite://")
+                    .to_owned();
+                let seconds = args.seconds;
+                let cost =
+                    tokio::task::spawn_blocking(move || sqlite_loop(&path, &mut work, seconds))
+                        .await??;
+                cost.print("SQLite (rusqlite)", per);
+            }
+            Database::Postgres => {
+                let cost = postgres_loop(&created.database_url, &mut work, args.seconds).await?;
+                cost.print("PostgreSQL (sqlx, one connection)", per);
+            }
+        }
+    }
+    Ok(())
+}
