@@ -47,6 +47,17 @@ enum Param {
     NullInt,
 }
 
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Param::Text(t) => ValueRef::Text(t.as_bytes()),
+            Param::Int(i) => ValueRef::Integer(*i),
+            Param::NullText | Param::NullInt => ValueRef::Null,
+        }))
+    }
+}
+
 /// One statement: its text (numbered `$N`) and parameters.
 struct Statement {
     sql: String,
@@ -224,8 +235,9 @@ impl Cost {
 const OPEN_PERIOD: &str = "SELECT id FROM periods WHERE end_at IS NULL AND user_id IS NULL";
 
 fn sqlite_loop(path: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
-    use rusqlite::types::Value;
     let c = rusqlite::Connection::open(path)?;
+    // Each statement's text as SQLite runs it (anonymous parameters).
+    let mut texts = std::collections::HashMap::new();
     // notimeter's pragmas (src/store/sqlite.rs).
     c.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
@@ -243,14 +255,11 @@ fn sqlite_loop(path: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
         c.execute_batch("BEGIN IMMEDIATE")?;
         let mut ids = Vec::new();
         for s in &cycle.statements {
-            let sql = statements::positional(&s.sql).unwrap_or_else(|| s.sql.clone());
-            let mut st = c.prepare_cached(&sql)?;
-            let params = s.params.iter().map(|p| match p {
-                Param::Text(t) => Value::Text(t.clone()),
-                Param::Int(i) => Value::Integer(*i),
-                Param::NullText | Param::NullInt => Value::Null,
-            });
-            let mut rows = st.query(rusqlite::params_from_iter(params))?;
+            let sql = texts
+                .entry(s.sql.clone())
+                .or_insert_with(|| statements::positional(&s.sql).unwrap_or_else(|| s.sql.clone()));
+            let mut st = c.prepare_cached(sql)?;
+            let mut rows = st.query(rusqlite::params_from_iter(s.params.iter()))?;
             let inserting = s.sql.starts_with("INSERT INTO messages");
             while let Some(row) = rows.next()? {
                 if inserting {
