@@ -40,6 +40,9 @@ pub struct FloorArgs {
     /// and usage row, as in `core`).
     #[arg(long, default_value_t = 1000)]
     pub users: u64,
+    /// On SQLite, also run the loop through sqlx, as notimeter does.
+    #[arg(long)]
+    pub sqlx: bool,
 }
 
 /// One statement parameter, bound the same way on both backends.
@@ -89,6 +92,19 @@ struct Workload {
 }
 
 impl Workload {
+    fn new(per: usize, users: u64) -> Self {
+        Workload {
+            per,
+            users,
+            period: String::new(),
+            seq: 0,
+            previous: Vec::new(),
+            payloads: (0..1024)
+                .map(|i| group_payload(i, &format!("user{}", i % users), 1).to_string())
+                .collect(),
+        }
+    }
+
     fn cycle(&mut self, now: i64) -> Cycle {
         let mut statements = Vec::new();
         let previous = std::mem::take(&mut self.previous);
@@ -314,52 +330,87 @@ fn remember(mut ids: Vec<i64>, cycle: &Cycle) -> Result<Vec<(i64, String)>> {
     Ok(ids.into_iter().zip(users).collect())
 }
 
-async fn postgres_loop(url: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
-    use sqlx::{Connection, Row};
-    let mut c = sqlx::PgConnection::connect(url).await?;
-    work.period = sqlx::query_scalar(OPEN_PERIOD).fetch_one(&mut c).await?;
-    let me = std::process::id();
-    let started = Instant::now();
-    let own = crate::common::cpu_time(me).context("reading this process's CPU time")?;
-    let machine = machine_busy()?;
-    let mut messages = 0;
-    let mut now = notimeter::clock::now_ms();
-    while started.elapsed() < Duration::from_secs(seconds) {
-        now += 1;
-        let finishing = work.previous.len();
-        let cycle = work.cycle(now);
-        let mut tx = c.begin().await?;
-        let mut ids = Vec::new();
-        let mut finished = 0;
-        for s in &cycle.statements {
-            let mut q = sqlx::query(&s.sql);
-            for p in &s.params {
-                q = match p {
-                    Param::Text(t) => q.bind(t.as_str()),
-                    Param::Int(i) => q.bind(*i),
-                    Param::NullText => q.bind(None::<String>),
-                    Param::NullInt => q.bind(None::<i64>),
-                };
-            }
-            let rows = q.fetch_all(&mut *tx).await?;
-            if s.sql.starts_with("INSERT INTO messages") {
-                for row in rows {
-                    ids.push(row.try_get::<i64, _>(0)?);
+/// The loop through sqlx on one connection `$c`, each cycle begun with
+/// `$begin`, each statement's text as `$text` makes it.
+macro_rules! sqlx_loop {
+    ($c:ident, $work:ident, $seconds:ident, $begin:literal, $text:expr) => {{
+        use sqlx::Row;
+        $work.period = sqlx::query_scalar(OPEN_PERIOD).fetch_one(&mut $c).await?;
+        let mut texts = std::collections::HashMap::new();
+        let me = std::process::id();
+        let started = Instant::now();
+        let own = crate::common::cpu_time(me).context("reading this process's CPU time")?;
+        let machine = machine_busy()?;
+        let mut messages = 0;
+        let mut now = notimeter::clock::now_ms();
+        while started.elapsed() < Duration::from_secs($seconds) {
+            now += 1;
+            let finishing = $work.previous.len();
+            let cycle = $work.cycle(now);
+            sqlx::query($begin).execute(&mut $c).await?;
+            let mut ids = Vec::new();
+            let mut finished = 0;
+            for s in &cycle.statements {
+                if !texts.contains_key(&s.sql) {
+                    let text: String = $text(&s.sql);
+                    texts.insert(s.sql.clone(), text);
                 }
-            } else if s.sql.starts_with("UPDATE messages") {
-                finished += rows.len();
+                let mut q = sqlx::query(&texts[&s.sql]);
+                for p in &s.params {
+                    q = match p {
+                        Param::Text(t) => q.bind(t.as_str()),
+                        Param::Int(i) => q.bind(*i),
+                        Param::NullText => q.bind(None::<String>),
+                        Param::NullInt => q.bind(None::<i64>),
+                    };
+                }
+                let rows = q.fetch_all(&mut $c).await?;
+                if s.sql.starts_with("INSERT INTO messages") {
+                    for row in rows {
+                        ids.push(row.try_get::<i64, _>(0)?);
+                    }
+                } else if s.sql.starts_with("UPDATE messages") {
+                    finished += rows.len();
+                }
             }
+            sqlx::query("COMMIT").execute(&mut $c).await?;
+            check_finished(finished, finishing)?;
+            messages += finished as u64;
+            $work.previous = remember(ids, &cycle)?;
         }
-        tx.commit().await?;
-        check_finished(finished, finishing)?;
-        messages += finished as u64;
-        work.previous = remember(ids, &cycle)?;
-    }
-    Ok(Cost {
-        messages,
-        own: crate::common::cpu_time(me).context("reading this process's CPU time")? - own,
-        machine: machine_busy()? - machine,
-        wall: started.elapsed(),
+        Ok(Cost {
+            messages,
+            own: crate::common::cpu_time(me).context("reading this process's CPU time")? - own,
+            machine: machine_busy()? - machine,
+            wall: started.elapsed(),
+        })
+    }};
+}
+
+async fn postgres_loop(url: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await?;
+    sqlx_loop!(c, work, seconds, "BEGIN", |sql: &str| sql.to_owned())
+}
+
+/// The same statements on SQLite through sqlx, as notimeter runs them (its
+/// pragmas, `BEGIN IMMEDIATE`, anonymous parameters): against the
+/// rusqlite loop, what sqlx's hand-off to its SQLite thread costs.
+async fn sqlite_sqlx_loop(url: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+    let mut c = SqliteConnectOptions::from_str(url)?
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+        .pragma("temp_store", "memory")
+        .pragma("cache_size", "-8192")
+        .connect()
+        .await?;
+    sqlx_loop!(c, work, seconds, "BEGIN IMMEDIATE", |sql: &str| {
+        statements::positional(sql).unwrap_or_else(|| sql.to_owned())
     })
 }
 
@@ -374,16 +425,7 @@ pub async fn run(args: FloorArgs) -> Result<()> {
         let dir = tempfile::tempdir()?;
         let created = Created::new(&args.common, dir.path(), "").await?;
         created.migrate()?;
-        let mut work = Workload {
-            per,
-            users: args.users,
-            period: String::new(),
-            seq: 0,
-            previous: Vec::new(),
-            payloads: (0..1024)
-                .map(|i| group_payload(i, &format!("user{}", i % args.users), 1).to_string())
-                .collect(),
-        };
+        let mut work = Workload::new(per, args.users);
         match args.common.database {
             Database::Sqlite => {
                 let path = created
@@ -395,6 +437,15 @@ pub async fn run(args: FloorArgs) -> Result<()> {
                     tokio::task::spawn_blocking(move || sqlite_loop(&path, &mut work, seconds))
                         .await??;
                 cost.print("SQLite (rusqlite)", per);
+                if args.sqlx {
+                    let dir = tempfile::tempdir()?;
+                    let created = Created::new(&args.common, dir.path(), "").await?;
+                    created.migrate()?;
+                    let mut work = Workload::new(per, args.users);
+                    let cost =
+                        sqlite_sqlx_loop(&created.database_url, &mut work, args.seconds).await?;
+                    cost.print("SQLite (sqlx, one connection)", per);
+                }
             }
             Database::Postgres => {
                 let cost = postgres_loop(&created.database_url, &mut work, args.seconds).await?;
