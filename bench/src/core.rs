@@ -135,6 +135,29 @@ pub async fn forward_server(listen: SocketAddr, sink: String) -> Result<()> {
     Ok(())
 }
 
+/// Starts the forwarder (`forward-server`, see `forward_handler`) posting
+/// to the sink at `sink`; answers it and its ingest URL once it is ready.
+pub async fn start_forwarder(
+    http: &reqwest::Client,
+    sink: SocketAddr,
+) -> Result<(Process, String)> {
+    let listen = free_addr()?;
+    let forward = Process(
+        Command::new(std::env::current_exe()?)
+            .args([
+                "forward-server",
+                "--listen",
+                &listen.to_string(),
+                "--sink",
+                &format!("http://{sink}"),
+            ])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    wait_ready(http, &format!("http://{listen}"), "/").await?;
+    Ok((forward, format!("http://{listen}/v1/alertmanager")))
+}
+
 /// The local sink: answers 200 `ok` and counts what it got. While its gate
 /// is closed it holds every request (a backlog builds up behind them).
 pub struct Sink {
@@ -658,21 +681,7 @@ pub async fn run(args: CoreArgs) -> Result<()> {
     drop(null);
     // The same load against a forwarder that delivers each payload to the
     // sink before it answers, with no store: what delivery alone costs.
-    let forward_addr = free_addr()?;
-    let forward = Process(
-        Command::new(std::env::current_exe()?)
-            .args([
-                "forward-server",
-                "--listen",
-                &forward_addr.to_string(),
-                "--sink",
-                &format!("http://{addr}"),
-            ])
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let forward_url = format!("http://{forward_addr}/v1/alertmanager");
-    wait_ready(&http, &format!("http://{forward_addr}"), "/").await?;
+    let (forward, forward_url) = start_forwarder(&http, addr).await?;
     let before = sink.received();
     let busy = machine_busy()?;
     let (tf, _) = closed_loop(&http, &forward_url, &args.load(), 4 << 40, dir.path()).await?;

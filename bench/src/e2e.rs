@@ -12,9 +12,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use std::process::{Command, Stdio};
-
-use crate::common::{cpu_time, free_addr, seed_channels, wait_ready, Common, Created, Process};
+use crate::common::{cpu_time, seed_channels, Common, Created, Process};
 use crate::core::{wait_count, Sink};
 
 #[derive(Args)]
@@ -116,21 +114,7 @@ pub async fn run(args: E2eArgs) -> Result<()> {
     // forwarder (see `core::forward_handler`), which posts each alert to
     // its user's webhook on the same sink and answers once the sink has,
     // with no store at all.
-    let forward_addr = free_addr()?;
-    let forward = Process(
-        Command::new(std::env::current_exe()?)
-            .args([
-                "forward-server",
-                "--listen",
-                &forward_addr.to_string(),
-                "--sink",
-                &format!("http://{addr}"),
-            ])
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    wait_ready(&http, &format!("http://{forward_addr}"), "/").await?;
-    let forward_url = format!("http://{forward_addr}/v1/alertmanager");
+    let (forward, forward_url) = crate::core::start_forwarder(&http, addr).await?;
     println!(
         "notimeter-bench e2e: {}, Alertmanager 0.25, {} users with one alert each, {} rounds",
         args.common.database_name(),

@@ -3,9 +3,6 @@
 //! so that `notimeter-bench floor` runs the very same statements against the
 //! bare SQLite engine and PostgreSQL, without the service around them.
 
-/// The claim statement (see `outbox::claim_sql!`), as SQLite runs it.
-pub const CLAIM_SQLITE: &str = super::outbox::claim_sql!("");
-
 /// `($1, $2), ($3, $4), …`: `rows` rows of `cols` placeholders each.
 pub fn placeholders(rows: usize, cols: usize) -> String {
     placeholders_from(1, rows, cols)
