@@ -395,9 +395,7 @@ impl Metrics {
     /// (unknown after an error), `at`: now, in milliseconds.
     pub fn consul_synced(&self, result: ConsulSyncResult, channels: Option<usize>, at: i64) {
         debug!(target: "notimeter::consul", result = result.as_str(), "consul sync finished");
-        self.consul_syncs
-            .with_label_values(&[result.as_str()])
-            .inc();
+        // The gauges first: whoever sees the sync counted sees its figures.
         if matches!(
             result,
             ConsulSyncResult::Applied | ConsulSyncResult::Unchanged
@@ -407,6 +405,9 @@ impl Metrics {
         if let Some(n) = channels {
             self.consul_channels.set(n as i64);
         }
+        self.consul_syncs
+            .with_label_values(&[result.as_str()])
+            .inc();
     }
 
     // Reconciliation.

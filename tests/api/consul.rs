@@ -426,7 +426,12 @@ async fn the_deletion_guard_refuses_a_mass_delete_and_a_reset_index_is_followed(
         channel(&app, "u5", "webhook-1").await.is_some()
     })
     .await;
-    assert_eq!(app.metric("notimeter_consul_channels", &[]).await, 5.0);
+    // The gauge is set once the sync that wrote u5 has finished, a moment
+    // after its rows are visible.
+    eventually("the Consul channels counted", || async {
+        app.metric("notimeter_consul_channels", &[]).await == 5.0
+    })
+    .await;
     app.stop().await;
 }
 
