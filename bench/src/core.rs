@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::common::{
     execute, free_addr, group_payload, machine_busy, post_fanout, seed_channels, series,
-    wait_ready, Common, Created, Notimeter, Process,
+    wait_ready, Common, Created, Database, Notimeter, Process,
 };
 
 #[derive(Args)]
@@ -708,6 +708,7 @@ pub async fn run(args: CoreArgs) -> Result<()> {
     // forwarder's run took. `notimeter-bench floor` measures the least that
     // storing a message costs, to compare with it.
     let target = 0.20 * null_rps;
+    let budget = cores() as f64 * 1e6 / target - forward_cpu;
     println!(
         "cpu         machine CPU per payload: durable {durable_cpu:.1} µs, no store {null_cpu:.1} µs, no store delivering {forward_cpu:.1} µs; storage costs durable's less the last: {:.1} µs",
         durable_cpu - forward_cpu
@@ -716,8 +717,35 @@ pub async fn run(args: CoreArgs) -> Result<()> {
         "budget      at 0.20 ({target:.0} payloads/s) the {} cores give {:.1} µs per payload: storing a message may cost at most {:.1} µs of machine CPU",
         cores(),
         cores() as f64 * 1e6 / target,
-        cores() as f64 * 1e6 / target - forward_cpu
+        budget
     );
+    // The floor in the same run: notimeter's outbox statements alone, as
+    // many messages a cycle as the clients can put in one (each client
+    // waits for its answer, so a cycle holds at most one payload of each).
+    let per = args.concurrency * args.alerts;
+    let floor = crate::floor::measure(&args.common, per, args.users as u64, args.seconds).await?;
+    println!(
+        "floor       the bare statements, {per} messages a cycle: {:.0} messages/s = {:.3} × the no-store handler, {:.1} µs of machine CPU a message",
+        floor.rate(),
+        floor.rate() / null_rps,
+        floor.machine_us()
+    );
+    match args.common.database {
+        // One connection writes at a time: no implementation of these
+        // statements takes more than `per` messages a cycle faster.
+        Database::Sqlite => println!(
+            "bound       SQLite writes one transaction at a time: with these statements durable ingest ÷ no-store handler stays under {:.3} ({} 0.20)",
+            floor.rate() / null_rps,
+            if floor.rate() / null_rps < 0.20 { "below" } else { "not below" }
+        ),
+        // Transactions run side by side: CPU is the bound.
+        Database::Postgres => println!(
+            "bound       PostgreSQL: the bare statements cost {:.1} µs of machine CPU a message, the budget at 0.20 is {:.1} µs ({})",
+            floor.machine_us(),
+            budget,
+            if floor.machine_us() > budget { "over" } else { "within" }
+        ),
+    }
     Ok(())
 }
 

@@ -229,7 +229,7 @@ impl Workload {
 /// Per message: the loop's own CPU (the thread or process that ran it), the
 /// whole machine's (SQLite: the kernel's writeback; PostgreSQL: its server
 /// processes too), and the wall time.
-struct Cost {
+pub struct Cost {
     messages: u64,
     own: Duration,
     machine: Duration,
@@ -237,6 +237,14 @@ struct Cost {
 }
 
 impl Cost {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.wall.as_secs_f64()
+    }
+    /// Microseconds of the machine's CPU per message.
+    pub fn machine_us(&self) -> f64 {
+        Self::per_message_us(self.machine, self.messages)
+    }
     fn per_message_us(d: Duration, n: u64) -> f64 {
         d.as_secs_f64() * 1e6 / n.max(1) as f64
     }
@@ -244,8 +252,8 @@ impl Cost {
         println!(
             "floor       {what}, {per:>3} messages a cycle: {:>6.1} µs of CPU per message in the loop, {:>6.1} µs on the machine; {:>6.0} messages/s",
             Self::per_message_us(self.own, self.messages),
-            Self::per_message_us(self.machine, self.messages),
-            self.messages as f64 / self.wall.as_secs_f64()
+            self.machine_us(),
+            self.rate()
         );
     }
 }
@@ -414,6 +422,25 @@ async fn sqlite_sqlx_loop(url: &str, work: &mut Workload, seconds: u64) -> Resul
     })
 }
 
+/// The loop on a fresh database of `common`'s backend, `per` messages a
+/// cycle over `users` users, for `seconds`: on SQLite through rusqlite.
+pub async fn measure(common: &Common, per: usize, users: u64, seconds: u64) -> Result<Cost> {
+    let dir = tempfile::tempdir()?;
+    let created = Created::new(common, dir.path(), "").await?;
+    created.migrate()?;
+    let mut work = Workload::new(per, users);
+    match common.database {
+        Database::Sqlite => {
+            let path = created
+                .database_url
+                .trim_start_matches("sqlite://")
+                .to_owned();
+            tokio::task::spawn_blocking(move || sqlite_loop(&path, &mut work, seconds)).await?
+        }
+        Database::Postgres => postgres_loop(&created.database_url, &mut work, seconds).await,
+    }
+}
+
 pub async fn run(args: FloorArgs) -> Result<()> {
     println!(
         "floor: notimeter's outbox statements with nothing around them, {}, {} users, {} s a measurement",
@@ -422,20 +449,9 @@ pub async fn run(args: FloorArgs) -> Result<()> {
         args.seconds
     );
     for &per in &args.per {
-        let dir = tempfile::tempdir()?;
-        let created = Created::new(&args.common, dir.path(), "").await?;
-        created.migrate()?;
-        let mut work = Workload::new(per, args.users);
+        let cost = measure(&args.common, per, args.users, args.seconds).await?;
         match args.common.database {
             Database::Sqlite => {
-                let path = created
-                    .database_url
-                    .trim_start_matches("sqlite://")
-                    .to_owned();
-                let seconds = args.seconds;
-                let cost =
-                    tokio::task::spawn_blocking(move || sqlite_loop(&path, &mut work, seconds))
-                        .await??;
                 cost.print("SQLite (rusqlite)", per);
                 if args.sqlx {
                     let dir = tempfile::tempdir()?;
@@ -447,10 +463,7 @@ pub async fn run(args: FloorArgs) -> Result<()> {
                     cost.print("SQLite (sqlx, one connection)", per);
                 }
             }
-            Database::Postgres => {
-                let cost = postgres_loop(&created.database_url, &mut work, args.seconds).await?;
-                cost.print("PostgreSQL (sqlx, one connection)", per);
-            }
+            Database::Postgres => cost.print("PostgreSQL (sqlx, one connection)", per),
         }
     }
     Ok(())
