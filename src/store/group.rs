@@ -19,7 +19,10 @@
 //! While jobs keep coming, the writer keeps its connection from one
 //! transaction to the next (at most [`HOLD`], then it gives it back so that
 //! claims and other writes take their turn): taking a connection from the
-//! pool and returning it cost as much as a statement per transaction.
+//! pool and returning it cost as much as a statement per transaction. On
+//! PostgreSQL, where the pool has connections for everyone, each writer
+//! keeps its connection while idle too (up to [`POSTGRES_HOLD`]): the pool
+//! pings a connection before it lends it, a round trip per transaction.
 //!
 //! Where this process runs a dispatcher, the writer leases the messages it
 //! inserts to it (as many as it has room for, in the same transaction) and
@@ -42,6 +45,11 @@ const MAX_GROUP: usize = 256;
 /// Longest the writer keeps a connection while jobs keep coming (see the
 /// module's comment); it gives it back at once when none is waiting.
 const HOLD: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Longest a writer keeps a connection on PostgreSQL, busy or idle; then
+/// the pool takes it back (and may replace it, as its lifetime says). A
+/// connection that fails is given back at once.
+const POSTGRES_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Jobs waiting for the writer at most; a request beyond that waits for
 /// a place (within its `store_timeout`).
@@ -87,11 +95,28 @@ pub(super) struct Queue {
     room: Arc<Semaphore>,
 }
 
-/// Starts the writer for `store` (a store without a queue of its own); it
-/// ends when every sender of the returned queue is gone.
+/// Writers on PostgreSQL. A cycle there is a dozen round trips to the
+/// server, each a wait, so a second writer fills those waits with its own
+/// cycle (two writers of one process are as two replicas are: their group
+/// locks order them). SQLite has one writer connection, so one writer.
+const POSTGRES_WRITERS: usize = 2;
+
+/// The jobs waiting, taken by one writer at a time (see [`write_groups`]).
+type Jobs = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
+
+/// Starts the writers for `store` (a store without a queue of its own);
+/// they end when every sender of the returned queue is gone.
 pub(super) fn start(store: Store) -> Queue {
     let (jobs, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(write_groups(store, rx));
+    let writers = match store.pools {
+        super::Db::Sqlite(_) => 1,
+        super::Db::Postgres(_) => POSTGRES_WRITERS,
+    };
+
+    let rx: Jobs = Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..writers {
+        tokio::spawn(write_groups(store.clone(), rx.clone()));
+    }
     Queue {
         jobs,
         room: Arc::new(Semaphore::new(QUEUED_BYTES)),
@@ -122,11 +147,33 @@ fn footprint(batch: &IngestBatch) -> u32 {
     bytes.clamp(1, QUEUED_BYTES) as u32
 }
 
-async fn write_groups(store: Store, mut rx: mpsc::Receiver<Job>) {
+/// One writer: takes every job waiting, writes them in one transaction,
+/// and so on. Where there are several, a writer keeps its turn to take jobs
+/// until its transaction has locked its groups, so that jobs of one group
+/// are written in the order they came, as with one writer.
+async fn write_groups(store: Store, rx: Jobs) {
+    let (hold, hold_idle) = match store.pools {
+        super::Db::Sqlite(_) => (HOLD, false),
+        super::Db::Postgres(_) => (POSTGRES_HOLD, true),
+    };
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     // The connection held, and since when.
     let mut held: Option<(Held, std::time::Instant)> = None;
-    while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+    loop {
+        let (turn, taken) = loop {
+            let take = take_jobs(&rx, &mut jobs);
+            if held.is_none() {
+                break take.await;
+            }
+            // Idle with a connection: given back if the store closes.
+            tokio::select! {
+                taken = take => break taken,
+                () = store.closing() => held = None,
+            }
+        };
+        if taken == 0 {
+            return;
+        }
         if held.is_none() {
             // Failing, the write takes a connection of its own (and fails
             // as that does).
@@ -137,18 +184,43 @@ async fn write_groups(store: Store, mut rx: mpsc::Receiver<Job>) {
                 .map(|c| (c, std::time::Instant::now()));
         }
         let span = tracing::debug_span!("store.group_commit", jobs = jobs.len());
-        let ok = write_group(&store, std::mem::take(&mut jobs), &mut held)
-            .instrument(span)
-            .await;
+        let (locked, taken) = oneshot::channel();
+        // The turn passes on once the groups are locked; should the write
+        // fail before, once it has ended (its parts written one by one).
+        let pass = async move {
+            match taken.await {
+                Ok(()) => None,
+                Err(_) => Some(turn),
+            }
+        };
+        let (ok, turn) = tokio::join!(
+            write_group(&store, std::mem::take(&mut jobs), &mut held, locked).instrument(span),
+            pass
+        );
+        drop(turn);
+        // Nothing waiting (or another writer taking it): the connection
+        // goes back to the pool.
+        let idle = !hold_idle && rx.try_lock().map_or(true, |rx| rx.is_empty());
         if !ok
-            || rx.is_empty()
+            || idle
             || held
                 .as_ref()
-                .is_some_and(|(_, since)| since.elapsed() >= HOLD)
+                .is_some_and(|(_, since)| since.elapsed() >= hold)
         {
             held = None;
         }
     }
+}
+
+/// The turn to take jobs, and the jobs waiting (at least one; none once
+/// every sender is gone). Dropped while waiting, it takes none.
+async fn take_jobs(
+    rx: &Jobs,
+    jobs: &mut Vec<Job>,
+) -> (tokio::sync::OwnedMutexGuard<mpsc::Receiver<Job>>, usize) {
+    let mut turn = rx.clone().lock_owned().await;
+    let taken = turn.recv_many(jobs, MAX_GROUP).await;
+    (turn, taken)
 }
 
 /// Writes `all` in one transaction (on the connection `held`, if any) and
@@ -158,6 +230,7 @@ async fn write_group(
     store: &Store,
     all: Vec<Job>,
     held: &mut Option<(Held, std::time::Instant)>,
+    locked: oneshot::Sender<()>,
 ) -> bool {
     let (mut jobs, mut outcomes) = (Vec::with_capacity(all.len()), Vec::new());
     for job in all {
@@ -198,6 +271,7 @@ async fn write_group(
             &lists,
             &batches,
             begun,
+            Some(locked),
             leasing.as_mut(),
         )
         .await;

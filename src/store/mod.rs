@@ -361,6 +361,16 @@ impl Store {
             .clone()
     }
 
+    /// Resolves once [`Store::close`] has been called: what holds a
+    /// connection while idle gives it back then, for `close` waits for
+    /// every connection.
+    async fn closing(&self) {
+        match &self.pools {
+            Db::Sqlite(p) => p.writer.close_event().await,
+            Db::Postgres(p) => p.close_event().await,
+        }
+    }
+
     pub async fn close(&self) {
         on!(self.writer(), |pool| pool.close().await);
         on!(self.reader(), |pool| pool.close().await);

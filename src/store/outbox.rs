@@ -158,7 +158,7 @@ impl Store {
         leasing: Option<&mut Leasing>,
     ) -> Result<Vec<Enqueued>> {
         Ok(self
-            .write_group(None, &[], batches, begun, leasing)
+            .write_group(None, &[], batches, begun, None, leasing)
             .await?
             .1)
     }
@@ -176,6 +176,7 @@ impl Store {
         outcomes: &[Outcomes<'_>],
         batches: &[&IngestBatch],
         begun: Vec<tokio::sync::oneshot::Sender<()>>,
+        locked: Option<tokio::sync::oneshot::Sender<()>>,
         mut leasing: Option<&mut Leasing>,
     ) -> Result<(Vec<(Vec<Recorded>, bool)>, Vec<Enqueued>)> {
         let started = std::time::Instant::now();
@@ -197,6 +198,9 @@ impl Store {
                     .map(|m| group_lock_key(&m.user_id, &m.channel_id, &m.group_key)),
             );
             lock_groups(&mut tx, groups.into_iter()).await?;
+        }
+        if let Some(locked) = locked {
+            let _ = locked.send(());
         }
         // The open period, and the time outcomes become final: read once,
         // under the period lock, so that every final_at lies inside the
@@ -361,7 +365,7 @@ impl Store {
     ) -> Result<(Vec<Recorded>, bool)> {
         let outcomes = [Outcomes { owner, records }];
         let (mut recorded, _) = self
-            .write_group(None, &outcomes, &[], Vec::new(), None)
+            .write_group(None, &outcomes, &[], Vec::new(), None, None)
             .await?;
         Ok(recorded.pop().expect("one outcome list"))
     }
@@ -518,6 +522,10 @@ async fn insert_dedupe_keys(
     // is fresh again.
     let now = batches.iter().map(|b| b.now).max().unwrap_or_default();
     let mut fresh = std::collections::HashSet::new();
+    // In key order, so that two writers (replicas, or a process's writers
+    // on PostgreSQL) inserting one key never wait on each other in a cycle.
+    let mut batches = batches.to_vec();
+    batches.sort_unstable_by(|a, b| a.dedupe_key.cmp(&b.dedupe_key));
     for chunk in batches.chunks(ROWS_PER_STATEMENT) {
         let sql = statements::insert_dedupe(chunk.len());
         let sql = for_backend(tx, sql);
