@@ -335,7 +335,77 @@ async fn resolved_alerts_follow_send_resolved(backend: Backend) {
     app.stop().await;
 }
 
-on_both_backends!(two_replicas_fed_by_an_ha_pair_count_each_message_once);
+on_both_backends!(
+    two_replicas_fed_by_an_ha_pair_count_each_message_once,
+    an_ha_pair_posting_to_one_instance_counts_each_message_once,
+);
+
+/// Users and notifications of the HA-pair tests.
+const HA_USERS: usize = 4;
+const HA_NOTIFICATIONS: usize = 60;
+
+/// Posts `HA_NOTIFICATIONS` notifications of one alert per user (each its
+/// own group) to both `targets` at once, as the two members of an
+/// Alertmanager HA pair do; answers how many posts were accepted (the
+/// others must be duplicates).
+async fn post_as_an_ha_pair(http: &reqwest::Client, targets: [String; 2]) -> usize {
+    let mut posts = tokio::task::JoinSet::new();
+    for n in 0..HA_NOTIFICATIONS {
+        let alerts = (0..HA_USERS)
+            .map(|u| alert("high_cpu", Some(&format!("u{u}")), &format!("f{n}-{u}")))
+            .collect();
+        let p = payload("default", &format!("group-{n}"), alerts);
+        for target in &targets {
+            let (http, p, target) = (http.clone(), p.clone(), target.clone());
+            posts.spawn(async move {
+                let r = http
+                    .post(target)
+                    .bearer_auth(INGEST_TOKEN)
+                    .json(&p)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let status = r.json::<serde_json::Value>().await.unwrap()["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(status == "accepted" || status == "duplicate", "{status}");
+                status
+            });
+        }
+    }
+    let mut accepted = 0;
+    while let Some(status) = posts.join_next().await {
+        accepted += usize::from(status.unwrap() == "accepted");
+    }
+    accepted
+}
+
+/// The sink got each user's message of each notification, once.
+fn each_delivered_once(received: &[Received]) {
+    assert_eq!(received.len(), HA_USERS * HA_NOTIFICATIONS);
+    let mut seen = std::collections::HashSet::new();
+    for r in received {
+        let p = r.json();
+        assert!(
+            seen.insert((p["groupKey"].to_string(), r.path.clone())),
+            "delivered twice: {} {}",
+            p["groupKey"],
+            r.path
+        );
+    }
+}
+
+/// A user's delivered messages in `metrics` (one process's counters).
+fn delivered_to(metrics: &str, user: &str) -> f64 {
+    let label = [
+        ("user_id", user),
+        ("integration", "webhook"),
+        ("outcome", "delivered"),
+    ];
+    metric_value(metrics, "notimeter_notifications_total", &label)
+}
 
 /// Two notimeter processes on one database, each notification posted to both
 /// (as the two members of an Alertmanager HA pair do): every message is
@@ -344,43 +414,17 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
     let a = spawn_app(&backend).await;
     let b = start(a.settings.clone(), a.dir.clone()).await;
     let sink = Sink::start().await;
-    let users = 4;
+    let users = HA_USERS;
     for u in 0..users {
         a.add_webhook(&format!("u{u}"), "hook", &sink.url(&format!("/u{u}")))
             .await;
         b.wait_routes(&format!("u{u}"), "hook").await;
     }
-    let notifications = 60;
-    let mut posts = tokio::task::JoinSet::new();
-    for n in 0..notifications {
-        let alerts = (0..users)
-            .map(|u| alert("high_cpu", Some(&format!("u{u}")), &format!("f{n}-{u}")))
-            .collect();
-        let p = payload("default", &format!("group-{n}"), alerts);
-        for replica in [a.url("/v1/alertmanager"), b.url("/v1/alertmanager")] {
-            let (http, p) = (a.http.clone(), p.clone());
-            posts.spawn(async move {
-                let r = http
-                    .post(replica)
-                    .bearer_auth(INGEST_TOKEN)
-                    .json(&p)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                r.json::<serde_json::Value>().await.unwrap()["status"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            });
-        }
-    }
-    let mut accepted = 0;
-    while let Some(status) = posts.join_next().await {
-        accepted += usize::from(status.unwrap() == "accepted");
-    }
+    let notifications = HA_NOTIFICATIONS;
+    let targets = [a.url("/v1/alertmanager"), b.url("/v1/alertmanager")];
     assert_eq!(
-        accepted, notifications,
+        post_as_an_ha_pair(&a.http, targets).await,
+        notifications,
         "each notification accepted by exactly one replica"
     );
 
@@ -396,33 +440,14 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
     assert_eq!(b.drain_outbox().await, 0, "nothing left for replica b");
     let delivered = |m: &str| {
         (0..users)
-            .map(|u| {
-                let user = format!("u{u}");
-                let label = [
-                    ("user_id", user.as_str()),
-                    ("integration", "webhook"),
-                    ("outcome", "delivered"),
-                ];
-                metric_value(m, "notimeter_notifications_total", &label)
-            })
+            .map(|u| delivered_to(m, &format!("u{u}")))
             .sum::<f64>()
     };
     eventually("both replicas to count every delivery", || async {
         delivered(&a.metrics().await) + delivered(&b.metrics().await) >= expected as f64
     })
     .await;
-    let received = sink.received();
-    assert_eq!(received.len(), expected);
-    let mut seen = std::collections::HashSet::new();
-    for r in &received {
-        let p = r.json();
-        assert!(
-            seen.insert((p["groupKey"].to_string(), r.path.clone())),
-            "delivered twice: {} {}",
-            p["groupKey"],
-            r.path
-        );
-    }
+    each_delivered_once(&sink.received());
     let (ma, mb) = (a.metrics().await, b.metrics().await);
     for u in 0..users {
         let user = format!("u{u}");
@@ -446,4 +471,57 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
     assert_eq!(dupes, notifications as f64);
     b.stop().await;
     a.stop().await;
+}
+
+/// Both members of an Alertmanager HA pair posting each notification to one
+/// instance at once. On PostgreSQL the process writes with two writers side
+/// by side, so the two copies of a payload may be written by both at once:
+/// still each is accepted once, delivered once and counted once.
+async fn an_ha_pair_posting_to_one_instance_counts_each_message_once(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let sink = Sink::start().await;
+    for u in 0..HA_USERS {
+        app.add_webhook(&format!("u{u}"), "hook", &sink.url(&format!("/u{u}")))
+            .await;
+    }
+    let target = app.url("/v1/alertmanager");
+    assert_eq!(
+        post_as_an_ha_pair(&app.http, [target.clone(), target]).await,
+        HA_NOTIFICATIONS,
+        "each notification accepted once"
+    );
+    eventually("every message delivered", || async {
+        sink.received().len() >= HA_USERS * HA_NOTIFICATIONS
+    })
+    .await;
+    app.wait_idle().await;
+    assert_eq!(app.drain_outbox().await, 0, "nothing left to send");
+    each_delivered_once(&sink.received());
+    eventually("every delivery counted", || async {
+        let metrics = app.metrics().await;
+        (0..HA_USERS)
+            .map(|u| delivered_to(&metrics, &format!("u{u}")))
+            .sum::<f64>()
+            >= (HA_USERS * HA_NOTIFICATIONS) as f64
+    })
+    .await;
+    let metrics = app.metrics().await;
+    for u in 0..HA_USERS {
+        let user = format!("u{u}");
+        assert_eq!(delivered_to(&metrics, &user), HA_NOTIFICATIONS as f64);
+        let label = [
+            ("user_id", user.as_str()),
+            ("integration", "webhook"),
+            ("outcome", "delivered"),
+        ];
+        assert_eq!(
+            metric_value(&metrics, "notimeter_period_notifications", &label),
+            HA_NOTIFICATIONS as f64
+        );
+    }
+    assert_eq!(
+        metric_value(&metrics, "notimeter_duplicates_total", &[]),
+        HA_NOTIFICATIONS as f64
+    );
+    app.stop().await;
 }
