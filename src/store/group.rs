@@ -1,9 +1,10 @@
 //! Group commit for ingest: concurrent webhook requests share one write
-//! transaction. One writer task takes every batch waiting (up to
+//! transaction. A writer task takes every batch waiting (up to
 //! [`MAX_GROUP`]), writes them in one transaction, commits, and only then
 //! answers each request: never before its rows are committed. One commit
 //! (one fsync) then serves many requests, which is what lets SQLite run
-//! with `synchronous = FULL`.
+//! with `synchronous = FULL`. SQLite has one writer; PostgreSQL two, which
+//! take turns at the queue (see [`POSTGRES_WRITERS`]).
 //!
 //! A batch is written whole or not at all, as before: should the group's
 //! transaction fail, its batches are written again one transaction each, so
@@ -21,8 +22,12 @@
 //! claims and other writes take their turn): taking a connection from the
 //! pool and returning it cost as much as a statement per transaction. On
 //! PostgreSQL, where the pool has connections for everyone, each writer
-//! keeps its connection while idle too (up to [`POSTGRES_HOLD`]): the pool
-//! pings a connection before it lends it, a round trip per transaction.
+//! keeps its connection between transactions, as long as they follow each
+//! other within [`POSTGRES_IDLE`] (and for [`POSTGRES_HOLD`] at most): the
+//! pool pings a connection before it lends it, a round trip per
+//! transaction. A connection idle longer goes back to the pool, so that
+//! one gone dead in silence (a dropped flow, a failover) is found by the
+//! ping, within the pool's acquire timeout, not by a write that hangs.
 //!
 //! Where this process runs a dispatcher, the writer leases the messages it
 //! inserts to it (as many as it has room for, in the same transaction) and
@@ -46,10 +51,15 @@ const MAX_GROUP: usize = 256;
 /// module's comment); it gives it back at once when none is waiting.
 const HOLD: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Longest a writer keeps a connection on PostgreSQL, busy or idle; then
-/// the pool takes it back (and may replace it, as its lifetime says). A
-/// connection that fails is given back at once.
+/// Longest a writer keeps a connection on PostgreSQL; then the pool takes
+/// it back (and may replace it, as its lifetime says). A connection that
+/// fails is given back at once.
 const POSTGRES_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Longest a PostgreSQL writer keeps a connection with nothing to write:
+/// one idle longer is given back before the next write, and the pool pings
+/// the one it lends instead.
+const POSTGRES_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Jobs waiting for the writer at most; a request beyond that waits for
 /// a place (within its `store_timeout`).
@@ -150,7 +160,11 @@ fn footprint(batch: &IngestBatch) -> u32 {
 /// One writer: takes every job waiting, writes them in one transaction,
 /// and so on. Where there are several, a writer keeps its turn to take jobs
 /// until its transaction has locked its groups, so that jobs of one group
-/// are written in the order they came, as with one writer.
+/// are written in the order they came. (Should that transaction fail after
+/// it, its jobs are written again one by one, after what the other writer
+/// took meanwhile: two states of one group in flight at once could then be
+/// accepted the other way round. One Alertmanager never sends those: it
+/// waits for a group's notification to be answered before the next.)
 async fn write_groups(store: Store, rx: Jobs) {
     let (hold, hold_idle) = match store.pools {
         super::Db::Sqlite(_) => (HOLD, false),
@@ -159,6 +173,8 @@ async fn write_groups(store: Store, rx: Jobs) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     // The connection held, and since when.
     let mut held: Option<(Held, std::time::Instant)> = None;
+    // When the last write ended.
+    let mut last = std::time::Instant::now();
     loop {
         let (turn, taken) = loop {
             let take = take_jobs(&rx, &mut jobs);
@@ -173,6 +189,9 @@ async fn write_groups(store: Store, rx: Jobs) {
         };
         if taken == 0 {
             return;
+        }
+        if hold_idle && last.elapsed() >= POSTGRES_IDLE {
+            held = None;
         }
         if held.is_none() {
             // Failing, the write takes a connection of its own (and fails
@@ -198,6 +217,7 @@ async fn write_groups(store: Store, rx: Jobs) {
             pass
         );
         drop(turn);
+        last = std::time::Instant::now();
         // Nothing waiting (or another writer taking it): the connection
         // goes back to the pool.
         let idle = !hold_idle && rx.try_lock().map_or(true, |rx| rx.is_empty());
