@@ -111,6 +111,35 @@ pub(super) struct Queue {
 /// locks order them). SQLite has one writer connection, so one writer.
 const POSTGRES_WRITERS: usize = 2;
 
+/// How a backend's writers run.
+#[derive(Clone, Copy)]
+struct Policy {
+    /// How many.
+    writers: usize,
+    /// Longest one keeps a connection.
+    hold: std::time::Duration,
+    /// Whether one keeps its connection with nothing waiting (within
+    /// [`POSTGRES_IDLE`]), or gives it back at once.
+    keep_idle: bool,
+}
+
+impl Policy {
+    fn of(store: &Store) -> Self {
+        match store.pools {
+            super::Db::Sqlite(_) => Policy {
+                writers: 1,
+                hold: HOLD,
+                keep_idle: false,
+            },
+            super::Db::Postgres(_) => Policy {
+                writers: POSTGRES_WRITERS,
+                hold: POSTGRES_HOLD,
+                keep_idle: true,
+            },
+        }
+    }
+}
+
 /// The jobs waiting, taken by one writer at a time (see [`write_groups`]).
 type Jobs = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
 
@@ -118,14 +147,10 @@ type Jobs = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
 /// they end when every sender of the returned queue is gone.
 pub(super) fn start(store: Store) -> Queue {
     let (jobs, rx) = mpsc::channel(QUEUE);
-    let writers = match store.pools {
-        super::Db::Sqlite(_) => 1,
-        super::Db::Postgres(_) => POSTGRES_WRITERS,
-    };
-
+    let policy = Policy::of(&store);
     let rx: Jobs = Arc::new(tokio::sync::Mutex::new(rx));
-    for _ in 0..writers {
-        tokio::spawn(write_groups(store.clone(), rx.clone()));
+    for _ in 0..policy.writers {
+        tokio::spawn(write_groups(store.clone(), rx.clone(), policy));
     }
     Queue {
         jobs,
@@ -165,11 +190,7 @@ fn footprint(batch: &IngestBatch) -> u32 {
 /// took meanwhile: two states of one group in flight at once could then be
 /// accepted the other way round. One Alertmanager never sends those: it
 /// waits for a group's notification to be answered before the next.)
-async fn write_groups(store: Store, rx: Jobs) {
-    let (hold, hold_idle) = match store.pools {
-        super::Db::Sqlite(_) => (HOLD, false),
-        super::Db::Postgres(_) => (POSTGRES_HOLD, true),
-    };
+async fn write_groups(store: Store, rx: Jobs, policy: Policy) {
     let mut jobs = Vec::with_capacity(MAX_GROUP);
     // The connection held, and since when.
     let mut held: Option<(Held, std::time::Instant)> = None;
@@ -190,7 +211,7 @@ async fn write_groups(store: Store, rx: Jobs) {
         if taken == 0 {
             return;
         }
-        if hold_idle && last.elapsed() >= POSTGRES_IDLE {
+        if policy.keep_idle && last.elapsed() >= POSTGRES_IDLE {
             held = None;
         }
         if held.is_none() {
@@ -220,12 +241,12 @@ async fn write_groups(store: Store, rx: Jobs) {
         last = std::time::Instant::now();
         // Nothing waiting (or another writer taking it): the connection
         // goes back to the pool.
-        let idle = !hold_idle && rx.try_lock().map_or(true, |rx| rx.is_empty());
+        let idle = !policy.keep_idle && rx.try_lock().map_or(true, |rx| rx.is_empty());
         if !ok
             || idle
             || held
                 .as_ref()
-                .is_some_and(|(_, since)| since.elapsed() >= hold)
+                .is_some_and(|(_, since)| since.elapsed() >= policy.hold)
         {
             held = None;
         }

@@ -397,14 +397,22 @@ fn each_delivered_once(received: &[Received]) {
     }
 }
 
-/// A user's delivered messages in `metrics` (one process's counters).
-fn delivered_to(metrics: &str, user: &str) -> f64 {
+/// A user's delivered webhook messages in `metrics` (one process's
+/// figures), by the metric `name`.
+fn delivered_to(metrics: &str, name: &str, user: &str) -> f64 {
     let label = [
         ("user_id", user),
         ("integration", "webhook"),
         ("outcome", "delivered"),
     ];
-    metric_value(metrics, "notimeter_notifications_total", &label)
+    metric_value(metrics, name, &label)
+}
+
+/// Every HA-pair user's delivered messages in `metrics`, counted.
+fn delivered_to_all(metrics: &str) -> f64 {
+    (0..HA_USERS)
+        .map(|u| delivered_to(metrics, "notimeter_notifications_total", &format!("u{u}")))
+        .sum()
 }
 
 /// Two notimeter processes on one database, each notification posted to both
@@ -438,31 +446,21 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
     // counted what it recorded (its counters follow the store's commit).
     assert_eq!(a.drain_outbox().await, 0, "nothing left for replica a");
     assert_eq!(b.drain_outbox().await, 0, "nothing left for replica b");
-    let delivered = |m: &str| {
-        (0..users)
-            .map(|u| delivered_to(m, &format!("u{u}")))
-            .sum::<f64>()
-    };
     eventually("both replicas to count every delivery", || async {
-        delivered(&a.metrics().await) + delivered(&b.metrics().await) >= expected as f64
+        delivered_to_all(&a.metrics().await) + delivered_to_all(&b.metrics().await)
+            >= expected as f64
     })
     .await;
     each_delivered_once(&sink.received());
     let (ma, mb) = (a.metrics().await, b.metrics().await);
     for u in 0..users {
-        let user = format!("u{u}");
-        let label = [
-            ("user_id", user.as_str()),
-            ("integration", "webhook"),
-            ("outcome", "delivered"),
-        ];
         assert_eq!(
-            metric_value(&ma, "notimeter_period_notifications", &label),
+            delivered_to(&ma, "notimeter_period_notifications", &format!("u{u}")),
             notifications as f64
         );
     }
     assert_eq!(
-        delivered(&ma) + delivered(&mb),
+        delivered_to_all(&ma) + delivered_to_all(&mb),
         expected as f64,
         "the replicas' counters add up to the messages, none twice"
     );
@@ -474,9 +472,9 @@ async fn two_replicas_fed_by_an_ha_pair_count_each_message_once(backend: Backend
 }
 
 /// Both members of an Alertmanager HA pair posting each notification to one
-/// instance at once. On PostgreSQL the process writes with two writers side
-/// by side, so the two copies of a payload may be written by both at once:
-/// still each is accepted once, delivered once and counted once.
+/// instance at once: each is accepted once, delivered once and counted once.
+/// On PostgreSQL the process has two writers, and the two copies of a
+/// payload may go to both (whose group locks then take them in turn).
 async fn an_ha_pair_posting_to_one_instance_counts_each_message_once(backend: Backend) {
     let app = spawn_app(&backend).await;
     let sink = Sink::start().await;
@@ -498,26 +496,22 @@ async fn an_ha_pair_posting_to_one_instance_counts_each_message_once(backend: Ba
     assert_eq!(app.drain_outbox().await, 0, "nothing left to send");
     each_delivered_once(&sink.received());
     eventually("every delivery counted", || async {
-        let metrics = app.metrics().await;
-        (0..HA_USERS)
-            .map(|u| delivered_to(&metrics, &format!("u{u}")))
-            .sum::<f64>()
-            >= (HA_USERS * HA_NOTIFICATIONS) as f64
+        delivered_to_all(&app.metrics().await) >= (HA_USERS * HA_NOTIFICATIONS) as f64
     })
     .await;
     let metrics = app.metrics().await;
     for u in 0..HA_USERS {
         let user = format!("u{u}");
-        assert_eq!(delivered_to(&metrics, &user), HA_NOTIFICATIONS as f64);
-        let label = [
-            ("user_id", user.as_str()),
-            ("integration", "webhook"),
-            ("outcome", "delivered"),
-        ];
-        assert_eq!(
-            metric_value(&metrics, "notimeter_period_notifications", &label),
-            HA_NOTIFICATIONS as f64
-        );
+        for name in [
+            "notimeter_notifications_total",
+            "notimeter_period_notifications",
+        ] {
+            assert_eq!(
+                delivered_to(&metrics, name, &user),
+                HA_NOTIFICATIONS as f64,
+                "{name} {user}"
+            );
+        }
     }
     assert_eq!(
         metric_value(&metrics, "notimeter_duplicates_total", &[]),
