@@ -322,9 +322,6 @@ async fn write_group(
     }
     match written {
         Ok((recorded, results)) => {
-            for (r, recorded) in outcomes.into_iter().zip(recorded) {
-                let _ = r.done.send(Ok(recorded));
-            }
             if let (Some(places), Some(leasing)) = (places.as_mut(), leasing) {
                 for (b, m, id) in leasing.leased {
                     let batch = &mut jobs[b].batch;
@@ -344,6 +341,13 @@ async fn write_group(
                         place.send(claimed);
                     }
                 }
+            }
+            // The places not used go back before anyone is answered: what
+            // an answer sets off (the next request, written by the other
+            // writer) finds the room these left.
+            drop(places);
+            for (r, recorded) in outcomes.into_iter().zip(recorded) {
+                let _ = r.done.send(Ok(recorded));
             }
             for (job, result) in jobs.into_iter().zip(results) {
                 let _ = job.done.send(Ok(result));
