@@ -136,21 +136,30 @@ pub async fn forward_server(listen: SocketAddr, sink: String) -> Result<()> {
 }
 
 /// Starts the forwarder (`forward-server`, see `forward_handler`) posting
-/// to the sink at `sink`; answers it and its ingest URL once it is ready.
+/// to the sink at `sink`, or with `database` the durable forwarder
+/// (`durable-forward-server` on that migrated database, see `durable`);
+/// answers it and its ingest URL once it is ready.
 pub async fn start_forwarder(
     http: &reqwest::Client,
     sink: SocketAddr,
+    database: Option<&str>,
 ) -> Result<(Process, String)> {
     let listen = free_addr()?;
+    let (listen_arg, sink_arg) = (listen.to_string(), format!("http://{sink}"));
+    let mut args = vec![
+        "forward-server",
+        "--listen",
+        &listen_arg,
+        "--sink",
+        &sink_arg,
+    ];
+    if let Some(database) = database {
+        args[0] = "durable-forward-server";
+        args.extend(["--database", database]);
+    }
     let forward = Process(
         Command::new(std::env::current_exe()?)
-            .args([
-                "forward-server",
-                "--listen",
-                &listen.to_string(),
-                "--sink",
-                &format!("http://{sink}"),
-            ])
+            .args(args)
             .stdout(Stdio::null())
             .spawn()?,
     );
@@ -566,7 +575,7 @@ async fn backlog(
     Ok((total as f64 / started.elapsed().as_secs_f64(), queueing))
 }
 
-fn cores() -> usize {
+pub fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0)
@@ -681,7 +690,7 @@ pub async fn run(args: CoreArgs) -> Result<()> {
     drop(null);
     // The same load against a forwarder that delivers each payload to the
     // sink before it answers, with no store: what delivery alone costs.
-    let (forward, forward_url) = start_forwarder(&http, addr).await?;
+    let (forward, forward_url) = start_forwarder(&http, addr, None).await?;
     let before = sink.received();
     let busy = machine_busy()?;
     let (tf, _) = closed_loop(&http, &forward_url, &args.load(), 4 << 40, dir.path()).await?;

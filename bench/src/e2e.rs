@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{cpu_time, seed_channels, Common, Created, Process};
+use crate::common::{cpu_time, machine_busy, seed_channels, Common, Created, Process};
 use crate::core::{wait_count, Sink};
 
 #[derive(Args)]
@@ -45,6 +45,9 @@ struct Measured {
     alertmanager: Duration,
     notimeter: Duration,
     sink: Duration,
+    /// The whole machine's (PostgreSQL's server and the kernel's work
+    /// included).
+    machine: Duration,
 }
 
 /// Posts one alert per user to Alertmanager and waits until the sink has
@@ -68,6 +71,7 @@ async fn measure(
         .collect();
     let before = sink.received();
     let cpu_before = [cpu(Some(am_pid)), cpu(notimeter), cpu(me)];
+    let machine = machine_busy()?;
     let started = Instant::now();
     let r = http
         .post(format!("{am}/api/v2/alerts"))
@@ -85,6 +89,7 @@ async fn measure(
         alertmanager: used(0, Some(am_pid)),
         notimeter: used(1, notimeter),
         sink: used(2, me),
+        machine: machine_busy()?.saturating_sub(machine),
     })
 }
 
@@ -95,6 +100,22 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The target: via notimeter ÷ straight.
+const TARGET: f64 = 1.2;
+
+/// One route from Alertmanager to the sink: what it is called, where
+/// Alertmanager posts, and the process in between (none when straight).
+struct Route {
+    name: &'static str,
+    url: String,
+    pid: Option<u32>,
+    times: Vec<Duration>,
+    /// The machine's CPU time less Alertmanager's and the sink's, each round.
+    between: Vec<Duration>,
+    /// CPU time Alertmanager and the sink left for it, each round (straight only; see `run`).
+    budget: Vec<Duration>,
 }
 
 pub async fn run(args: E2eArgs) -> Result<()> {
@@ -109,65 +130,96 @@ pub async fn run(args: E2eArgs) -> Result<()> {
     })
     .await?;
     let server = created.spawn(&http).await?;
-    let pid = server.process.as_ref().map(|p| p.0.id());
     // The ceiling of any store-and-forward design here: the bench's
     // forwarder (see `core::forward_handler`), which posts each alert to
     // its user's webhook on the same sink and answers once the sink has,
     // with no store at all.
-    let (forward, forward_url) = crate::core::start_forwarder(&http, addr).await?;
+    let (forward, forward_url) = crate::core::start_forwarder(&http, addr, None).await?;
+    // The least a durable one costs: the same with `floor`'s statements
+    // run before it answers (see `durable`), on a database of its own.
+    let durable_dir = dir.path().join("durable");
+    std::fs::create_dir(&durable_dir)?;
+    let durable_db = Created::new(&args.common, &durable_dir, "").await?;
+    durable_db.migrate()?;
+    let (durable, durable_url) =
+        crate::core::start_forwarder(&http, addr, Some(&durable_db.database_url)).await?;
     println!(
         "notimeter-bench e2e: {}, Alertmanager 0.25, {} users with one alert each, {} rounds",
         args.common.database_name(),
         args.users,
         args.rounds
     );
-    let (mut via, mut direct, mut forwarded) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        let sub = dir.path().join(format!("direct{round}"));
-        let (am, base) = alertmanager(&sub, &format!("http://{addr}/direct"), &http).await?;
-        let tag = format!("d{round}");
-        let d = measure(&http, (&base, am.0.id()), None, &sink, args.users, &tag).await?;
-        drop(am);
-        let sub = dir.path().join(format!("via{round}"));
-        let (am, base) = alertmanager(&sub, &server.ingest_url(), &http).await?;
-        let tag = format!("v{round}");
-        let v = measure(&http, (&base, am.0.id()), pid, &sink, args.users, &tag).await?;
-        drop(am);
-        let sub = dir.path().join(format!("forward{round}"));
-        let (am, base) = alertmanager(&sub, &forward_url, &http).await?;
-        let tag = format!("f{round}");
-        let f = measure(
-            &http,
-            (&base, am.0.id()),
+    let path = |name, url: String, pid| Route {
+        name,
+        url,
+        pid,
+        times: Vec::new(),
+        between: Vec::new(),
+        budget: Vec::new(),
+    };
+    let mut paths = [
+        path(
+            "Alertmanager straight to the sink",
+            format!("http://{addr}/direct"),
+            None,
+        ),
+        path(
+            "via notimeter",
+            server.ingest_url(),
+            server.process.as_ref().map(|p| p.0.id()),
+        ),
+        path(
+            "via the no-store forwarder",
+            forward_url,
             Some(forward.0.id()),
-            &sink,
-            args.users,
-            &tag,
-        )
-        .await?;
-        drop(am);
-        println!(
-            "round {round}: via notimeter {:.3} s (CPU: Alertmanager {:.0} ms, notimeter {:.0} ms, sink {:.0} ms), \
-             Alertmanager straight to the sink {:.3} s (CPU: Alertmanager {:.0} ms, sink {:.0} ms), \
-             via the no-store forwarder {:.3} s (CPU: Alertmanager {:.0} ms, forwarder {:.0} ms, sink {:.0} ms)",
-            v.time.as_secs_f64(),
-            ms(v.alertmanager),
-            ms(v.notimeter),
-            ms(v.sink),
-            d.time.as_secs_f64(),
-            ms(d.alertmanager),
-            ms(d.sink),
-            f.time.as_secs_f64(),
-            ms(f.alertmanager),
-            ms(f.notimeter),
-            ms(f.sink),
-        );
-        via.push(v.time);
-        direct.push(d.time);
-        forwarded.push(f.time);
+        ),
+        path(
+            "via the durable forwarder",
+            durable_url,
+            Some(durable.0.id()),
+        ),
+    ];
+    for round in 0..args.rounds {
+        let mut line = format!("round {round}:");
+        for (i, p) in paths.iter_mut().enumerate() {
+            let sub = dir.path().join(format!("p{i}r{round}"));
+            let (am, base) = alertmanager(&sub, &p.url, &http).await?;
+            let tag = format!("{i}r{round}");
+            let m = measure(&http, (&base, am.0.id()), p.pid, &sink, args.users, &tag).await?;
+            drop(am);
+            line += &format!(
+                " {} {:.3} s (CPU: Alertmanager {:.0} ms,{} sink {:.0} ms);",
+                p.name,
+                m.time.as_secs_f64(),
+                ms(m.alertmanager),
+                if p.pid.is_some() {
+                    format!(" in between {:.0} ms,", ms(m.notimeter))
+                } else {
+                    String::new()
+                },
+                ms(m.sink),
+            );
+            p.times.push(m.time);
+            // The machine's CPU less Alertmanager's and the sink's: the
+            // process in between, and on PostgreSQL its server.
+            p.between
+                .push(m.machine.saturating_sub(m.alertmanager + m.sink));
+            // What the cores could give in 1.2 × this time, less what
+            // Alertmanager and the sink used: the CPU left for whatever
+            // sits between them, if they use no less with it there.
+            let cores = crate::core::cores() as f64;
+            let budget = (m.time.mul_f64(TARGET * cores)).saturating_sub(m.alertmanager + m.sink);
+            p.budget.push(budget);
+        }
+        println!("{}", line.trim_end_matches(';'));
     }
-    let (v, d, f) = (median(via), median(direct), median(forwarded));
-    drop(forward);
+    let budget = median(paths[0].budget.clone());
+    let between: Vec<String> = paths
+        .iter()
+        .map(|p| format!("{} {:.0} ms", p.name, ms(median(p.between.clone()))))
+        .collect();
+    let [d, v, f, s] = paths.map(|p| median(p.times));
+    drop((forward, durable));
     let rss = server.stop().await?.unwrap_or(f64::NAN);
     println!(
         "e2e         median: via notimeter {:.3} s ÷ straight {:.3} s = {:.2}; notimeter peak RSS {rss:.1} MB",
@@ -181,6 +233,20 @@ pub async fn run(args: E2eArgs) -> Result<()> {
         d.as_secs_f64(),
         f.as_secs_f64() / d.as_secs_f64(),
         v.as_secs_f64() / f.as_secs_f64()
+    );
+    println!(
+        "durable     median: via the durable forwarder {:.3} s ÷ straight {:.3} s = {:.2}; via notimeter ÷ via the durable forwarder = {:.2}",
+        s.as_secs_f64(),
+        d.as_secs_f64(),
+        s.as_secs_f64() / d.as_secs_f64(),
+        v.as_secs_f64() / s.as_secs_f64()
+    );
+    println!(
+        "bound       median: straight, {TARGET} × its time on {} cores less Alertmanager's and the sink's CPU leaves {:.0} ms of CPU for {} messages in between; the machine's CPU less theirs: {}",
+        crate::core::cores(),
+        ms(budget),
+        args.users,
+        between.join(", ")
     );
     Ok(())
 }

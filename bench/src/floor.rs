@@ -65,16 +65,140 @@ impl rusqlite::ToSql for Param {
 }
 
 /// One statement: its text (numbered `$N`) and parameters.
-struct Statement {
+pub struct Statement {
     sql: String,
     params: Vec<Param>,
 }
 
-/// The messages of one cycle and what it needs from the one before.
-struct Cycle {
-    /// Finish the previous cycle's messages, then insert this cycle's:
-    /// the statements in the writer's order (outcomes first).
-    statements: Vec<Statement>,
+/// A message for the writer to insert: its dedupe key, user, group key and
+/// payload (its channel is `c`, its integration `webhook`).
+pub struct Message {
+    pub key: String,
+    pub user: String,
+    pub group_key: String,
+    pub payload: String,
+}
+
+/// The statements of one cycle, in the writer's order: make `finished`
+/// ((id, user) of messages leased by `floor`) final as delivered, with
+/// their attempts and usage; then insert `new`, leased by `floor`.
+pub fn cycle_statements(
+    now: i64,
+    period: &str,
+    finished: &[(i64, String)],
+    new: &[Message],
+) -> Vec<Statement> {
+    let mut statements = Vec::new();
+    if !finished.is_empty() {
+        let mut p = vec![Param::Int(now), Param::Text(period.to_owned())];
+        for (id, _) in finished {
+            p.extend([
+                Param::Int(*id),
+                Param::Text("delivered".into()),
+                Param::Int(1),
+                Param::NullText,
+                Param::NullText,
+                Param::NullInt,
+            ]);
+        }
+        p.push(Param::Text("floor".into()));
+        statements.push(Statement {
+            sql: statements::finish_messages(finished.len()),
+            params: p,
+        });
+        let mut p = Vec::new();
+        for (id, _) in finished {
+            p.extend([
+                Param::Int(*id),
+                Param::Int(1),
+                Param::Int(now),
+                Param::Int(2),
+                Param::Text("success".into()),
+                Param::Int(200),
+                Param::NullText,
+                Param::NullInt,
+            ]);
+        }
+        statements.push(Statement {
+            sql: statements::insert_attempts(finished.len()),
+            params: p,
+        });
+        let mut users: Vec<&str> = finished.iter().map(|(_, u)| u.as_str()).collect();
+        users.sort_unstable();
+        let mut counts: Vec<(&str, i64)> = Vec::new();
+        for u in users {
+            match counts.last_mut() {
+                Some((last, n)) if *last == u => *n += 1,
+                _ => counts.push((u, 1)),
+            }
+        }
+        let mut p = Vec::new();
+        for (u, n) in &counts {
+            p.extend([
+                Param::Text(period.to_owned()),
+                Param::Text((*u).into()),
+                Param::Text("webhook".into()),
+                Param::Int(*n),
+                Param::Int(0),
+                Param::Int(0),
+                Param::Int(0),
+            ]);
+        }
+        statements.push(Statement {
+            sql: statements::count_usage(counts.len()),
+            params: p,
+        });
+    }
+    if new.is_empty() {
+        return statements;
+    }
+    let (mut keys, mut groups, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+    for m in new {
+        keys.extend([Param::Text(m.key.clone()), Param::Int(now + 30_000)]);
+        groups.extend([
+            Param::Text(m.user.clone()),
+            Param::Text("c".into()),
+            Param::Text(m.group_key.clone()),
+        ]);
+        messages.extend([
+            Param::Text(m.user.clone()),
+            Param::Text("c".into()),
+            Param::Text("webhook".into()),
+            Param::Text(m.group_key.clone()),
+            Param::Text(m.payload.clone()),
+            Param::Int(1),
+            Param::Text("HighCPU".into()),
+            Param::Int(now),
+            Param::Int(now),
+            Param::Text("floor".into()),
+            Param::Int(now + 240_000),
+        ]);
+    }
+    keys.push(Param::Int(now));
+    statements.push(Statement {
+        sql: statements::insert_dedupe(new.len()),
+        params: keys,
+    });
+    statements.push(Statement {
+        sql: statements::pending_groups(new.len(), false),
+        params: groups,
+    });
+    statements.push(Statement {
+        sql: statements::insert_messages(new.len()),
+        params: messages,
+    });
+    statements
+}
+
+/// A dedupe key for message number `seq`: 64 hex digits, as notimeter's.
+pub fn key(seq: u64) -> String {
+    format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        seq.wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
+        seq.rotate_left(17).wrapping_mul(0x1656_67b1_9e37_79f9),
+        seq
+    )
 }
 
 /// What the loop produces: the statements of cycle `n` given the ids the
@@ -105,124 +229,27 @@ impl Workload {
         }
     }
 
-    fn cycle(&mut self, now: i64) -> Cycle {
-        let mut statements = Vec::new();
+    /// This cycle's statements, and the users of the messages it inserts.
+    fn cycle(&mut self, now: i64) -> (Vec<Statement>, Vec<String>) {
         let previous = std::mem::take(&mut self.previous);
-        if !previous.is_empty() {
-            let mut p = vec![Param::Int(now), Param::Text(self.period.clone())];
-            for (id, _) in &previous {
-                p.extend([
-                    Param::Int(*id),
-                    Param::Text("delivered".into()),
-                    Param::Int(1),
-                    Param::NullText,
-                    Param::NullText,
-                    Param::NullInt,
-                ]);
-            }
-            p.push(Param::Text("floor".into()));
-            statements.push(Statement {
-                sql: statements::finish_messages(previous.len()),
-                params: p,
-            });
-            let mut p = Vec::new();
-            for (id, _) in &previous {
-                p.extend([
-                    Param::Int(*id),
-                    Param::Int(1),
-                    Param::Int(now),
-                    Param::Int(2),
-                    Param::Text("success".into()),
-                    Param::Int(200),
-                    Param::NullText,
-                    Param::NullInt,
-                ]);
-            }
-            statements.push(Statement {
-                sql: statements::insert_attempts(previous.len()),
-                params: p,
-            });
-            let mut users: Vec<&str> = previous.iter().map(|(_, u)| u.as_str()).collect();
-            users.sort_unstable();
-            let mut counts: Vec<(&str, i64)> = Vec::new();
-            for u in users {
-                match counts.last_mut() {
-                    Some((last, n)) if *last == u => *n += 1,
-                    _ => counts.push((u, 1)),
+        let new: Vec<Message> = (0..self.per)
+            .map(|_| {
+                self.seq += 1;
+                // Users in a scattered order, as 32 clients' requests arrive.
+                let user = format!("user{}", self.seq.wrapping_mul(7919) % self.users);
+                Message {
+                    key: key(self.seq),
+                    group_key: format!(
+                        "{{}}:{{alertname=\"HighCPU\", user_id=\"{user}\"}}#{}",
+                        self.seq
+                    ),
+                    user,
+                    payload: self.payloads[self.seq as usize % self.payloads.len()].clone(),
                 }
-            }
-            let mut p = Vec::new();
-            for (u, n) in &counts {
-                p.extend([
-                    Param::Text(self.period.clone()),
-                    Param::Text((*u).into()),
-                    Param::Text("webhook".into()),
-                    Param::Int(*n),
-                    Param::Int(0),
-                    Param::Int(0),
-                    Param::Int(0),
-                ]);
-            }
-            statements.push(Statement {
-                sql: statements::count_usage(counts.len()),
-                params: p,
-            });
-        }
-        let mut keys = Vec::new();
-        let mut groups = Vec::new();
-        let mut messages = Vec::new();
-        for _ in 0..self.per {
-            self.seq += 1;
-            // Users in a scattered order, as 32 clients' requests arrive.
-            let user = format!("user{}", self.seq.wrapping_mul(7919) % self.users);
-            let group_key = format!(
-                "{{}}:{{alertname=\"HighCPU\", user_id=\"{user}\"}}#{}",
-                self.seq
-            );
-            let payload = &self.payloads[self.seq as usize % self.payloads.len()];
-            keys.extend([
-                Param::Text(format!(
-                    "{:016x}{:016x}{:016x}{:016x}",
-                    self.seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                    self.seq.wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
-                    self.seq.rotate_left(17).wrapping_mul(0x1656_67b1_9e37_79f9),
-                    self.seq
-                )),
-                Param::Int(now + 30_000),
-            ]);
-            groups.extend([
-                Param::Text(user.clone()),
-                Param::Text("c".into()),
-                Param::Text(group_key.clone()),
-            ]);
-            messages.extend([
-                Param::Text(user),
-                Param::Text("c".into()),
-                Param::Text("webhook".into()),
-                Param::Text(group_key),
-                Param::Text(payload.clone()),
-                Param::Int(1),
-                Param::Text("HighCPU".into()),
-                Param::Int(now),
-                Param::Int(now),
-                Param::Text("floor".into()),
-                Param::Int(now + 240_000),
-            ]);
-        }
-        keys.push(Param::Int(now));
-        statements.push(Statement {
-            sql: statements::insert_dedupe(self.per),
-            params: keys,
-        });
-        statements.push(Statement {
-            sql: statements::pending_groups(self.per, false),
-            params: groups,
-        });
-        statements.push(Statement {
-            sql: statements::insert_messages(self.per),
-            params: messages,
-        });
-        Cycle { statements }
+            })
+            .collect();
+        let users = new.iter().map(|m| m.user.clone()).collect();
+        (cycle_statements(now, &self.period, &previous, &new), users)
     }
 }
 
@@ -261,33 +288,52 @@ impl Cost {
 /// The open period's id (what `notimeter migrate` opened).
 const OPEN_PERIOD: &str = "SELECT id FROM periods WHERE end_at IS NULL AND user_id IS NULL";
 
-fn sqlite_loop(path: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
-    let c = rusqlite::Connection::open(path)?;
-    // Each statement's text as SQLite runs it (anonymous parameters).
-    let mut texts = std::collections::HashMap::new();
-    // notimeter's pragmas (src/store/sqlite.rs).
-    c.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA temp_store = memory; PRAGMA cache_size = -8192; PRAGMA busy_timeout = 5000;",
-    )?;
-    work.period = c.query_row(OPEN_PERIOD, [], |r| r.get(0))?;
-    let started = Instant::now();
-    let (own, machine) = (thread_cpu_time()?, machine_busy()?);
-    let mut messages = 0;
-    let mut now = notimeter::clock::now_ms();
-    while started.elapsed() < Duration::from_secs(seconds) {
-        now += 1;
-        let finishing = work.previous.len();
-        let cycle = work.cycle(now);
-        c.execute_batch("BEGIN IMMEDIATE")?;
-        let mut ids = Vec::new();
-        let mut finished = 0;
-        for s in &cycle.statements {
-            if !texts.contains_key(&s.sql) {
+/// notimeter's writer connection on SQLite, through rusqlite: its pragmas
+/// (`src/store/sqlite.rs`) and the open period.
+pub struct SqliteWriter {
+    c: rusqlite::Connection,
+    /// Each statement's text as SQLite runs it (anonymous parameters).
+    texts: std::collections::HashMap<String, String>,
+    pub period: String,
+}
+
+impl SqliteWriter {
+    pub fn open(path: &str) -> Result<Self> {
+        let c = rusqlite::Connection::open(path)?;
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA temp_store = memory; PRAGMA cache_size = -8192; PRAGMA busy_timeout = 5000;",
+        )?;
+        let period = c.query_row(OPEN_PERIOD, [], |r| r.get(0))?;
+        Ok(Self {
+            c,
+            texts: Default::default(),
+            period,
+        })
+    }
+
+    /// Runs `statements` in one transaction; answers the ids of the
+    /// messages inserted (ascending, so in insert order) and how many were
+    /// made final.
+    pub fn cycle(&mut self, statements: &[Statement]) -> Result<(Vec<i64>, usize)> {
+        self.c.execute_batch("BEGIN IMMEDIATE")?;
+        let ran = self.run(statements);
+        if ran.is_err() {
+            let _ = self.c.execute_batch("ROLLBACK");
+            return ran;
+        }
+        self.c.execute_batch("COMMIT")?;
+        ran
+    }
+
+    fn run(&mut self, statements: &[Statement]) -> Result<(Vec<i64>, usize)> {
+        let (mut ids, mut finished) = (Vec::new(), 0);
+        for s in statements {
+            if !self.texts.contains_key(&s.sql) {
                 let text = statements::positional(&s.sql).unwrap_or_else(|| s.sql.clone());
-                texts.insert(s.sql.clone(), text);
+                self.texts.insert(s.sql.clone(), text);
             }
-            let mut st = c.prepare_cached(&texts[&s.sql])?;
+            let mut st = self.c.prepare_cached(&self.texts[&s.sql])?;
             let mut rows = st.query(rusqlite::params_from_iter(s.params.iter()))?;
             let inserting = s.sql.starts_with("INSERT INTO messages");
             let finishing = s.sql.starts_with("UPDATE messages");
@@ -298,10 +344,26 @@ fn sqlite_loop(path: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
                 finished += usize::from(finishing);
             }
         }
-        c.execute_batch("COMMIT")?;
+        ids.sort_unstable();
+        Ok((ids, finished))
+    }
+}
+
+fn sqlite_loop(path: &str, work: &mut Workload, seconds: u64) -> Result<Cost> {
+    let mut writer = SqliteWriter::open(path)?;
+    work.period = writer.period.clone();
+    let started = Instant::now();
+    let (own, machine) = (thread_cpu_time()?, machine_busy()?);
+    let mut messages = 0;
+    let mut now = notimeter::clock::now_ms();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        now += 1;
+        let finishing = work.previous.len();
+        let (statements, users) = work.cycle(now);
+        let (ids, finished) = writer.cycle(&statements)?;
         check_finished(finished, finishing)?;
         messages += finished as u64;
-        work.previous = remember(ids, &cycle)?;
+        work.previous = remember(ids, users)?;
     }
     Ok(Cost {
         messages,
@@ -321,28 +383,86 @@ fn check_finished(finished: usize, expected: usize) -> Result<()> {
 }
 
 /// The (id, user) of each message a cycle inserted, in insert order.
-fn remember(mut ids: Vec<i64>, cycle: &Cycle) -> Result<Vec<(i64, String)>> {
-    ids.sort_unstable();
-    let inserted = cycle.statements.last().context("a cycle inserts")?;
-    let users: Vec<String> = inserted
-        .params
-        .chunks(11)
-        .map(|row| match &row[0] {
-            Param::Text(u) => u.clone(),
-            _ => String::new(),
-        })
-        .collect();
+pub fn remember(ids: Vec<i64>, users: Vec<String>) -> Result<Vec<(i64, String)>> {
     if users.len() != ids.len() {
         bail!("inserted {} messages, got {} ids", users.len(), ids.len());
     }
     Ok(ids.into_iter().zip(users).collect())
 }
 
+/// Runs `$statements` on the sqlx connection `$c` (no transaction of its
+/// own), each statement's text as `$text` makes it, kept in `$texts`:
+/// answers, as [`SqliteWriter::cycle`], the ids inserted and how many
+/// messages were made final.
+macro_rules! sqlx_run {
+    ($c:expr, $texts:expr, $statements:expr, $text:expr) => {
+        async {
+            use sqlx::Row;
+            let (mut ids, mut finished) = (Vec::new(), 0);
+            for s in $statements {
+                if !$texts.contains_key(&s.sql) {
+                    let text: String = $text(&s.sql);
+                    $texts.insert(s.sql.clone(), text);
+                }
+                let mut q = sqlx::query(&$texts[&s.sql]);
+                for p in &s.params {
+                    q = match p {
+                        Param::Text(t) => q.bind(t.as_str()),
+                        Param::Int(i) => q.bind(*i),
+                        Param::NullText => q.bind(None::<String>),
+                        Param::NullInt => q.bind(None::<i64>),
+                    };
+                }
+                let rows = q.fetch_all(&mut *$c).await?;
+                if s.sql.starts_with("INSERT INTO messages") {
+                    for row in rows {
+                        ids.push(row.try_get::<i64, _>(0)?);
+                    }
+                } else if s.sql.starts_with("UPDATE messages") {
+                    finished += rows.len();
+                }
+            }
+            ids.sort_unstable();
+            Ok::<_, anyhow::Error>((ids, finished))
+        }
+    };
+}
+
+/// notimeter's statements on PostgreSQL through sqlx, on one connection.
+pub struct PgWriter {
+    c: sqlx::PgConnection,
+    texts: std::collections::HashMap<String, String>,
+    pub period: String,
+}
+
+impl PgWriter {
+    pub async fn open(url: &str) -> Result<Self> {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(url).await?;
+        let period = sqlx::query_scalar(OPEN_PERIOD).fetch_one(&mut c).await?;
+        Ok(Self {
+            c,
+            texts: Default::default(),
+            period,
+        })
+    }
+
+    /// As [`SqliteWriter::cycle`].
+    pub async fn cycle(&mut self, statements: &[Statement]) -> Result<(Vec<i64>, usize)> {
+        sqlx::query("BEGIN").execute(&mut self.c).await?;
+        let ran = sqlx_run!(&mut self.c, self.texts, statements, |sql: &str| sql
+            .to_owned())
+        .await;
+        let end = if ran.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut self.c).await?;
+        ran
+    }
+}
+
 /// The loop through sqlx on one connection `$c`, each cycle begun with
 /// `$begin`, each statement's text as `$text` makes it.
 macro_rules! sqlx_loop {
     ($c:ident, $work:ident, $seconds:ident, $begin:literal, $text:expr) => {{
-        use sqlx::Row;
         $work.period = sqlx::query_scalar(OPEN_PERIOD).fetch_one(&mut $c).await?;
         let mut texts = std::collections::HashMap::new();
         let me = std::process::id();
@@ -354,37 +474,13 @@ macro_rules! sqlx_loop {
         while started.elapsed() < Duration::from_secs($seconds) {
             now += 1;
             let finishing = $work.previous.len();
-            let cycle = $work.cycle(now);
+            let (statements, users) = $work.cycle(now);
             sqlx::query($begin).execute(&mut $c).await?;
-            let mut ids = Vec::new();
-            let mut finished = 0;
-            for s in &cycle.statements {
-                if !texts.contains_key(&s.sql) {
-                    let text: String = $text(&s.sql);
-                    texts.insert(s.sql.clone(), text);
-                }
-                let mut q = sqlx::query(&texts[&s.sql]);
-                for p in &s.params {
-                    q = match p {
-                        Param::Text(t) => q.bind(t.as_str()),
-                        Param::Int(i) => q.bind(*i),
-                        Param::NullText => q.bind(None::<String>),
-                        Param::NullInt => q.bind(None::<i64>),
-                    };
-                }
-                let rows = q.fetch_all(&mut $c).await?;
-                if s.sql.starts_with("INSERT INTO messages") {
-                    for row in rows {
-                        ids.push(row.try_get::<i64, _>(0)?);
-                    }
-                } else if s.sql.starts_with("UPDATE messages") {
-                    finished += rows.len();
-                }
-            }
+            let (ids, finished) = sqlx_run!(&mut $c, texts, &statements, $text).await?;
             sqlx::query("COMMIT").execute(&mut $c).await?;
             check_finished(finished, finishing)?;
             messages += finished as u64;
-            $work.previous = remember(ids, &cycle)?;
+            $work.previous = remember(ids, users)?;
         }
         Ok(Cost {
             messages,

@@ -5,6 +5,7 @@
 
 mod common;
 mod core;
+mod durable;
 mod e2e;
 mod floor;
 mod integrations;
@@ -58,6 +59,17 @@ enum Verb {
         #[arg(long)]
         sink: String,
     },
+    /// (internal) The forwarder that stores each message (`floor`'s statements) before it answers, then delivers it.
+    DurableForwardServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The sink's base URL (`http://host:port`).
+        #[arg(long)]
+        sink: String,
+        /// A migrated notimeter database: `sqlite://PATH` or a PostgreSQL URL.
+        #[arg(long)]
+        database: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,6 +86,11 @@ fn main() -> Result<()> {
             Verb::Render(args) => render::run(args).await,
             Verb::NullServer { listen } => core::null_server(listen).await,
             Verb::ForwardServer { listen, sink } => core::forward_server(listen, sink).await,
+            Verb::DurableForwardServer {
+                listen,
+                sink,
+                database,
+            } => durable::server(listen, sink, database).await,
             Verb::Sink { listen } => core::sink_server(listen).await,
         }
     })
