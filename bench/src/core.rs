@@ -60,6 +60,10 @@ pub struct CoreArgs {
     /// Skip the no-store handler (when only notimeter's figures are wanted).
     #[arg(long)]
     pub no_null: bool,
+    /// More `[dispatch]` settings for notimeter, `key = value` each (say
+    /// `--dispatch 'workers = 128'`), to compare them.
+    #[arg(long)]
+    pub dispatch: Vec<String>,
 }
 
 /// Settings for the bench: sends held by the closed sink must not time out
@@ -524,7 +528,8 @@ async fn launch(
     channels: usize,
     url: impl Fn(usize) -> String,
 ) -> Result<Notimeter> {
-    let created = Created::new(&args.common, dir, SETTINGS).await?;
+    let settings = args.dispatch.iter().fold(SETTINGS.to_owned(), |s, line| s + line + "\n");
+    let created = Created::new(&args.common, dir, &settings).await?;
     created.migrate()?;
     let seeding = Instant::now();
     seed_channels(&created.database_url, users, channels, url).await?;
