@@ -528,7 +528,10 @@ async fn launch(
     channels: usize,
     url: impl Fn(usize) -> String,
 ) -> Result<Notimeter> {
-    let settings = args.dispatch.iter().fold(SETTINGS.to_owned(), |s, line| s + line + "\n");
+    let settings = args
+        .dispatch
+        .iter()
+        .fold(SETTINGS.to_owned(), |s, line| s + line + "\n");
     let created = Created::new(&args.common, dir, &settings).await?;
     created.migrate()?;
     let seeding = Instant::now();
