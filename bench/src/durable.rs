@@ -64,24 +64,35 @@ fn batch(
 }
 
 /// Answers each waiting request with its message's id, or with none if the
-/// transaction failed.
+/// transaction failed; on failure, answers the delivered messages to make
+/// final again (they go into the next transaction).
 fn answer(
     answer: Vec<oneshot::Sender<Option<i64>>>,
     new: Vec<Message>,
+    delivered: Vec<(i64, String)>,
     written: Result<(Vec<i64>, usize)>,
-) {
+) -> Vec<(i64, String)> {
     let users = new.into_iter().map(|m| m.user).collect();
-    match written.and_then(|(ids, _)| remember(ids, users)) {
+    let finishing = delivered.len();
+    let written = written.and_then(|(ids, finished)| {
+        if finished != finishing {
+            anyhow::bail!("made {finished} messages final, not {finishing}");
+        }
+        remember(ids, users)
+    });
+    match written {
         Ok(ids) => {
             for (done, (id, _)) in answer.into_iter().zip(ids) {
                 let _ = done.send(Some(id));
             }
+            Vec::new()
         }
         Err(e) => {
             eprintln!("durable forwarder: a write failed: {e:#}");
             for done in answer {
                 let _ = done.send(None);
             }
+            delivered
         }
     }
 }
@@ -89,23 +100,28 @@ fn answer(
 /// SQLite: the writer on a thread of its own, as notimeter's.
 fn sqlite_writer(path: String, mut jobs: mpsc::UnboundedReceiver<Job>) -> Result<()> {
     let mut writer = SqliteWriter::open(&path)?;
+    let mut retry = Vec::new();
     while let Some(first) = jobs.blocking_recv() {
-        let (new, done, delivered) = batch(first, &mut jobs);
+        let (new, done, mut delivered) = batch(first, &mut jobs);
+        delivered.append(&mut retry);
         let statements =
             cycle_statements(notimeter::clock::now_ms(), &writer.period, &delivered, &new);
-        answer(done, new, writer.cycle(&statements));
+        let written = writer.cycle(&statements);
+        retry = answer(done, new, delivered, written);
     }
     Ok(())
 }
 
 async fn postgres_writer(url: String, mut jobs: mpsc::UnboundedReceiver<Job>) -> Result<()> {
     let mut writer = PgWriter::open(&url).await?;
+    let mut retry = Vec::new();
     while let Some(first) = jobs.recv().await {
-        let (new, done, delivered) = batch(first, &mut jobs);
+        let (new, done, mut delivered) = batch(first, &mut jobs);
+        delivered.append(&mut retry);
         let statements =
             cycle_statements(notimeter::clock::now_ms(), &writer.period, &delivered, &new);
         let written = writer.cycle(&statements).await;
-        answer(done, new, written);
+        retry = answer(done, new, delivered, written);
     }
     Ok(())
 }

@@ -45,10 +45,15 @@ struct Measured {
     alertmanager: Duration,
     notimeter: Duration,
     sink: Duration,
-    /// The whole machine's (PostgreSQL's server and the kernel's work
-    /// included).
-    machine: Duration,
+    /// The machine's CPU time less Alertmanager's and the sink's, read
+    /// `SETTLE` after the sink had everything, so that work a route does
+    /// after delivering (notimeter's and the durable forwarder's outcomes)
+    /// counts: the process in between, and on PostgreSQL its server.
+    between: Duration,
 }
+
+/// How long after the last delivery the CPU in between is read.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// Posts one alert per user to Alertmanager and waits until the sink has
 /// `users` more notifications.
@@ -84,12 +89,16 @@ async fn measure(
     wait_count(&sink.count, before + users as u64, "end-to-end delivery").await?;
     let time = started.elapsed();
     let used = |i: usize, pid| cpu(pid).saturating_sub(cpu_before[i]);
+    let (alertmanager, notimeter_cpu, sink_cpu) =
+        (used(0, Some(am_pid)), used(1, notimeter), used(2, me));
+    tokio::time::sleep(SETTLE).await;
+    let machine = machine_busy()?.saturating_sub(machine);
     Ok(Measured {
         time,
-        alertmanager: used(0, Some(am_pid)),
-        notimeter: used(1, notimeter),
-        sink: used(2, me),
-        machine: machine_busy()?.saturating_sub(machine),
+        alertmanager,
+        notimeter: notimeter_cpu,
+        sink: sink_cpu,
+        between: machine.saturating_sub(used(0, Some(am_pid)) + used(2, me)),
     })
 }
 
@@ -180,13 +189,21 @@ pub async fn run(args: E2eArgs) -> Result<()> {
         ),
     ];
     for round in 0..args.rounds {
-        let mut line = format!("round {round}:");
-        for (i, p) in paths.iter_mut().enumerate() {
+        // Each round starts one route further on, so that no route always
+        // follows the same one (and takes on its leftover work).
+        let mut measured: Vec<Option<Measured>> = paths.iter().map(|_| None).collect();
+        for k in 0..paths.len() {
+            let i = (k + round) % paths.len();
+            let p = &paths[i];
             let sub = dir.path().join(format!("p{i}r{round}"));
             let (am, base) = alertmanager(&sub, &p.url, &http).await?;
             let tag = format!("{i}r{round}");
-            let m = measure(&http, (&base, am.0.id()), p.pid, &sink, args.users, &tag).await?;
+            measured[i] =
+                Some(measure(&http, (&base, am.0.id()), p.pid, &sink, args.users, &tag).await?);
             drop(am);
+        }
+        let mut line = format!("round {round}:");
+        for (p, m) in paths.iter_mut().zip(measured.into_iter().flatten()) {
             line += &format!(
                 " {} {:.3} s (CPU: Alertmanager {:.0} ms,{} sink {:.0} ms);",
                 p.name,
@@ -200,10 +217,7 @@ pub async fn run(args: E2eArgs) -> Result<()> {
                 ms(m.sink),
             );
             p.times.push(m.time);
-            // The machine's CPU less Alertmanager's and the sink's: the
-            // process in between, and on PostgreSQL its server.
-            p.between
-                .push(m.machine.saturating_sub(m.alertmanager + m.sink));
+            p.between.push(m.between);
             // What the cores could give in 1.2 × this time, less what
             // Alertmanager and the sink used: the CPU left for whatever
             // sits between them, if they use no less with it there.

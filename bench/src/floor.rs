@@ -305,6 +305,10 @@ impl SqliteWriter {
              PRAGMA temp_store = memory; PRAGMA cache_size = -8192; PRAGMA busy_timeout = 5000;",
         )?;
         let period = c.query_row(OPEN_PERIOD, [], |r| r.get(0))?;
+        // A statement's text depends on its row count: room for every
+        // count a writer's batches take (sqlx keeps 100 a connection),
+        // not rusqlite's 16, so that they are prepared once.
+        c.set_prepared_statement_cache_capacity(1024);
         Ok(Self {
             c,
             texts: Default::default(),
@@ -317,12 +321,12 @@ impl SqliteWriter {
     /// made final.
     pub fn cycle(&mut self, statements: &[Statement]) -> Result<(Vec<i64>, usize)> {
         self.c.execute_batch("BEGIN IMMEDIATE")?;
-        let ran = self.run(statements);
-        if ran.is_err() {
+        let ran = self
+            .run(statements)
+            .and_then(|ran| Ok(self.c.execute_batch("COMMIT").map(|()| ran)?));
+        if ran.is_err() && !self.c.is_autocommit() {
             let _ = self.c.execute_batch("ROLLBACK");
-            return ran;
         }
-        self.c.execute_batch("COMMIT")?;
         ran
     }
 
