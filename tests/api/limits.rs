@@ -262,6 +262,22 @@ async fn a_rate_limited_destination_holds_its_queue(backend: Backend) {
     ))
     .await;
     let first = sink.wait_for("/u1", 1).await;
+    // The hint holds from when notimeter has read the 429, which is after
+    // the sink saw the request: wait until it has (the attempt is counted
+    // after the hold is set). Otherwise a message posted at once could go
+    // out beside the first, before its answer was read, as the CI run of
+    // 7f29a16 saw once on SQLite.
+    let app_ref = &app;
+    eventually("the 429 counted", || async move {
+        app_ref
+            .metric(
+                "notimeter_delivery_attempts_total",
+                &[("integration", "webhook"), ("result", "rateLimited")],
+            )
+            .await
+            == 1.0
+    })
+    .await;
     for n in 1..6 {
         app.post_alerts(&payload(
             "default",
