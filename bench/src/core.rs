@@ -83,16 +83,50 @@ async fn null_handler(body: axum::body::Bytes) -> (axum::http::StatusCode, &'sta
 
 /// Parses the webhook payload like notimeter and answers 200, with no store.
 pub async fn null_server(listen: SocketAddr) -> Result<()> {
-    let app = axum::Router::new().route("/v1/alertmanager", axum::routing::post(null_handler));
+    serve_ingest(
+        listen,
+        axum::Router::new().route("/v1/alertmanager", axum::routing::post(null_handler)),
+    )
+    .await
+}
+
+/// Serves `app`, whose webhook route is `/v1/alertmanager`, on `listen`.
+pub async fn serve_ingest(listen: SocketAddr, app: axum::Router) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
     Ok(())
 }
 
-/// Where the forwarder posts, and with what.
-struct Forward {
+/// Where the forwarders post, and with what.
+pub struct Forward {
     http: reqwest::Client,
     sink: String,
+}
+
+impl Forward {
+    /// Posting to the sink at `sink` (`http://host:port`).
+    pub fn new(sink: String) -> Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(1024)
+                .build()?,
+            sink,
+        })
+    }
+
+    /// Posts `body` to `user`'s URL on the sink (`user7` → `/u7`); answers
+    /// whether the sink took it.
+    pub async fn post(&self, user: &str, body: axum::body::Bytes) -> bool {
+        let url = format!("{}/u{}", self.sink, user.trim_start_matches("user"));
+        let sent = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        sent.is_ok_and(|r| r.status().is_success())
+    }
 }
 
 /// Parses like the no-store handler, then posts the payload to each alert's
@@ -108,15 +142,7 @@ async fn forward_handler(
     };
     for alert in envelope.alerts.iter().flatten() {
         let user = alert.labels.get("user_id").unwrap_or_default();
-        let url = format!("{}/u{}", f.sink, user.trim_start_matches("user"));
-        let sent = f
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        if !sent.is_ok_and(|r| r.status().is_success()) {
+        if !f.post(user, body.clone()).await {
             return (axum::http::StatusCode::BAD_GATEWAY, "{}");
         }
     }
@@ -125,18 +151,10 @@ async fn forward_handler(
 
 /// The forwarder (see `forward_handler`), posting to `sink` (`http://host:port`).
 pub async fn forward_server(listen: SocketAddr, sink: String) -> Result<()> {
-    let f = Arc::new(Forward {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .build()?,
-        sink,
-    });
     let app = axum::Router::new()
         .route("/v1/alertmanager", axum::routing::post(forward_handler))
-        .with_state(f);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).await?;
-    Ok(())
+        .with_state(Arc::new(Forward::new(sink)?));
+    serve_ingest(listen, app).await
 }
 
 /// Starts the forwarder (`forward-server`, see `forward_handler`) posting

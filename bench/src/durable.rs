@@ -20,6 +20,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::core::{serve_ingest, Forward};
 use crate::floor::{cycle_statements, key, remember, Message, PgWriter, SqliteWriter};
 
 /// What the writer is handed.
@@ -31,8 +32,7 @@ enum Job {
 }
 
 struct Durable {
-    http: reqwest::Client,
-    sink: String,
+    forward: Forward,
     jobs: mpsc::UnboundedSender<Job>,
     seq: AtomicU64,
 }
@@ -158,15 +158,7 @@ async fn handler(
     for (id, user) in stored {
         let (d, body) = (d.clone(), body.clone());
         tokio::spawn(async move {
-            let url = format!("{}/u{}", d.sink, user.trim_start_matches("user"));
-            let sent = d
-                .http
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            if sent.is_ok_and(|r| r.status().is_success()) {
+            if d.forward.post(&user, body).await {
                 let _ = d.jobs.send(Job::Delivered(id, user));
             } else {
                 eprintln!("durable forwarder: message {id} was not delivered");
@@ -195,17 +187,12 @@ pub async fn server(listen: SocketAddr, sink: String, database: String) -> Resul
         });
     }
     let d = Arc::new(Durable {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .build()?,
-        sink,
+        forward: Forward::new(sink)?,
         jobs,
         seq: AtomicU64::new(0),
     });
     let app = axum::Router::new()
         .route("/v1/alertmanager", axum::routing::post(handler))
         .with_state(d);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).await?;
-    Ok(())
+    serve_ingest(listen, app).await
 }
