@@ -765,6 +765,18 @@ pub async fn run(args: CoreArgs) -> Result<()> {
         "the durable forwarder delivering",
     )
     .await?;
+    let before = sink.received();
+    let ld = latency(&http, &least_url, &args, 6 << 40).await;
+    println!(
+        "latency     durable forwarder: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms at {} req/s ({} sent, {} errors)",
+        ld.p50_ms, ld.p99_ms, ld.max_ms, args.rate, ld.sent, ld.errors
+    );
+    wait_count(
+        &sink.count,
+        before + ld.sent - ld.errors,
+        "the durable forwarder delivering",
+    )
+    .await?;
     drop(least);
     drop(durable_db);
     println!(
