@@ -191,6 +191,35 @@ pub async fn start_forwarder(
     Ok((forward, format!("http://{listen}/v1/alertmanager")))
 }
 
+/// The durable forwarder (see `durable`) running on a migrated database of
+/// its own in `dir`; the process stops before its database is dropped.
+pub struct DurableForwarder {
+    pub process: Process,
+    pub url: String,
+    _db: Created,
+}
+
+impl DurableForwarder {
+    /// Creates and migrates its database, then starts it posting to `sink`.
+    pub async fn start(
+        common: &Common,
+        dir: &Path,
+        http: &reqwest::Client,
+        sink: SocketAddr,
+    ) -> Result<Self> {
+        let dir = dir.join("durable");
+        std::fs::create_dir(&dir)?;
+        let db = Created::new(common, &dir, "").await?;
+        db.migrate()?;
+        let (process, url) = start_forwarder(http, sink, Some(&db.database_url)).await?;
+        Ok(Self {
+            process,
+            url,
+            _db: db,
+        })
+    }
+}
+
 /// The local sink: answers 200 `ok` and counts what it got. While its gate
 /// is closed it holds every request (a backlog builds up behind them).
 pub struct Sink {
@@ -483,6 +512,30 @@ async fn latency(http: &reqwest::Client, url: &str, args: &CoreArgs, seq_base: u
     }
 }
 
+/// The latency run against `url` (see [`latency`]), printed as `who`'s;
+/// returns once the sink has every payload it accepted.
+async fn latency_delivered(
+    http: &reqwest::Client,
+    url: &str,
+    args: &CoreArgs,
+    seq_base: u64,
+    sink: &Sink,
+    who: &str,
+) -> Result<()> {
+    let before = sink.received();
+    let l = latency(http, url, args, seq_base).await;
+    println!(
+        "latency     {who}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms at {} req/s ({} sent, {} errors)",
+        l.p50_ms, l.p99_ms, l.max_ms, args.rate, l.sent, l.errors
+    );
+    wait_count(
+        &sink.count,
+        before + l.sent - l.errors,
+        "delivering what the latency run sent",
+    )
+    .await
+}
+
 pub async fn wait_count(count: &AtomicU64, target: u64, what: &str) -> Result<()> {
     let limit = Instant::now() + Duration::from_secs(600);
     while count.load(Ordering::Relaxed) < target {
@@ -658,18 +711,7 @@ pub async fn run(args: CoreArgs) -> Result<()> {
         "            backlog left at the end of the run delivered in {:.2} s",
         drained.elapsed().as_secs_f64()
     );
-    let before = sink.received();
-    let l = latency(&http, &ingest, &args, 1 << 40).await;
-    println!(
-        "latency     notimeter: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms at {} req/s ({} sent, {} errors)",
-        l.p50_ms, l.p99_ms, l.max_ms, args.rate, l.sent, l.errors
-    );
-    wait_count(
-        &sink.count,
-        before + l.sent - l.errors,
-        "draining the backlog",
-    )
-    .await?;
+    latency_delivered(&http, &ingest, &args, 1 << 40, &sink, "notimeter").await?;
     let (rate, queueing, cpu) =
         backlog(&http, &server, &sink, args.users, args.queued, 1 << 44).await?;
     println!(
@@ -743,11 +785,8 @@ pub async fn run(args: CoreArgs) -> Result<()> {
     // answers, and each message made final once delivered. The least a
     // design that stores before answering costs here, delivering as it
     // takes more in, on a database of its own.
-    let durable_dir = dir.path().join("durable");
-    std::fs::create_dir(&durable_dir)?;
-    let durable_db = Created::new(&args.common, &durable_dir, "").await?;
-    durable_db.migrate()?;
-    let (least, least_url) = start_forwarder(&http, addr, Some(&durable_db.database_url)).await?;
+    let least = DurableForwarder::start(&args.common, dir.path(), &http, addr).await?;
+    let least_url = least.url.clone();
     let before = sink.received();
     let busy = machine_busy()?;
     let (td, _) = closed_loop(&http, &least_url, &args.load(), 5 << 40, dir.path()).await?;
@@ -765,20 +804,16 @@ pub async fn run(args: CoreArgs) -> Result<()> {
         "the durable forwarder delivering",
     )
     .await?;
-    let before = sink.received();
-    let ld = latency(&http, &least_url, &args, 6 << 40).await;
-    println!(
-        "latency     durable forwarder: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms at {} req/s ({} sent, {} errors)",
-        ld.p50_ms, ld.p99_ms, ld.max_ms, args.rate, ld.sent, ld.errors
-    );
-    wait_count(
-        &sink.count,
-        before + ld.sent - ld.errors,
-        "the durable forwarder delivering",
+    latency_delivered(
+        &http,
+        &least_url,
+        &args,
+        6 << 40,
+        &sink,
+        "durable forwarder",
     )
     .await?;
     drop(least);
-    drop(durable_db);
     println!(
         "ratio       durable ingest ÷ no-store handler: {:.3} ({durable_rps:.0} ÷ {null_rps:.0} payloads/s)",
         durable_rps / null_rps

@@ -146,12 +146,8 @@ pub async fn run(args: E2eArgs) -> Result<()> {
     let (forward, forward_url) = crate::core::start_forwarder(&http, addr, None).await?;
     // The least a durable one costs: the same with `floor`'s statements
     // run before it answers (see `durable`), on a database of its own.
-    let durable_dir = dir.path().join("durable");
-    std::fs::create_dir(&durable_dir)?;
-    let durable_db = Created::new(&args.common, &durable_dir, "").await?;
-    durable_db.migrate()?;
-    let (durable, durable_url) =
-        crate::core::start_forwarder(&http, addr, Some(&durable_db.database_url)).await?;
+    let durable =
+        crate::core::DurableForwarder::start(&args.common, dir.path(), &http, addr).await?;
     println!(
         "notimeter-bench e2e: {}, Alertmanager 0.25, {} users with one alert each, {} rounds",
         args.common.database_name(),
@@ -184,8 +180,8 @@ pub async fn run(args: E2eArgs) -> Result<()> {
         ),
         path(
             "via the durable forwarder",
-            durable_url,
-            Some(durable.0.id()),
+            durable.url.clone(),
+            Some(durable.process.0.id()),
         ),
     ];
     for round in 0..args.rounds {
