@@ -149,7 +149,11 @@ impl Dispatcher {
                 fill_by.get_or_insert_with(|| tokio::time::Instant::now() + CLAIM_WAIT);
             }
             let hold = fill_by.is_some_and(|t| tokio::time::Instant::now() < t);
-            if claim_now && free > 0 && !hold {
+            // What was handed over is sent first: with a backlog, the
+            // writer claims for this dispatcher as it records outcomes
+            // (see `Store::note_backlog`), so a claim of its own is needed
+            // only once that runs dry.
+            if claim_now && free > 0 && !hold && handed.is_empty() {
                 fill_by = None;
                 let limit = free.min(self.settings.batch_size) as i64;
                 let now = self.clock.now_ms();
@@ -164,6 +168,7 @@ impl Dispatcher {
                         // each are write transactions that crowd out
                         // ingest's commits.
                         claim_now = claimed.len() as i64 == limit;
+                        self.store.note_backlog(claim_now);
                         batch = claimed;
                     }
                     Err(e) => {
@@ -233,6 +238,12 @@ impl Dispatcher {
         }
         drop(tx);
         let _ = recorder.await;
+        // A write under way when the hand-over stopped may have sent more
+        // since (leased at insert, or claimed with outcomes): released too,
+        // not left to wait out their lease.
+        while let Ok(msg) = handed.try_recv() {
+            self.in_flight().insert(msg.id);
+        }
         let left: Vec<i64> = self.in_flight().drain().collect();
         if !left.is_empty() {
             warn!(

@@ -34,6 +34,7 @@
 //! hands them over once committed: they need no claim, which is a write
 //! transaction of its own (see `Store::hand_off_to`).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -283,11 +284,17 @@ async fn write_group(
     let begun: Vec<oneshot::Sender<()>> = jobs.iter_mut().filter_map(|j| j.begun.take()).collect();
     // Places on the way to this process's dispatcher, taken before the
     // write: as many messages are leased at insert (and need no claim).
+    // With a backlog, the room left is filled by a claim in the same
+    // transaction (see `Store::note_backlog`).
     let messages: usize = jobs.iter().map(|j| j.batch.messages.len()).sum();
     let handoff = store.handoff();
     let (mut places, mut leasing) = (None, None);
     if let Some(h) = &handoff {
-        let room = h.tx.capacity().min(messages);
+        let claim = !outcomes.is_empty() && h.backlog.load(Ordering::Relaxed);
+        let room = match claim {
+            true => h.tx.capacity(),
+            false => h.tx.capacity().min(messages),
+        };
         if let Ok(reserved) = h.tx.try_reserve_many(room) {
             places = Some(reserved);
             leasing = Some(Leasing {
@@ -295,6 +302,8 @@ async fn write_group(
                 until: store.clock.now_ms() + h.lease,
                 room,
                 leased: Vec::new(),
+                claim,
+                claimed: Vec::new(),
             });
         }
     }
@@ -340,6 +349,15 @@ async fn write_group(
                     if let Some(place) = places.next() {
                         place.send(claimed);
                     }
+                }
+                if let (true, Some(h)) = (leasing.claim, &handoff) {
+                    // Fewer than asked for: nothing else is due now.
+                    if leasing.claimed.len() < leasing.room {
+                        h.backlog.store(false, Ordering::Relaxed);
+                    }
+                }
+                for (claimed, place) in leasing.claimed.into_iter().zip(places.by_ref()) {
+                    place.send(claimed);
                 }
             }
             // The places not used go back before anyone is answered: what

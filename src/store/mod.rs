@@ -195,6 +195,9 @@ struct Handoff {
     owner: String,
     lease: crate::clock::Millis,
     tx: tokio::sync::mpsc::Sender<ClaimedMessage>,
+    /// Set while the outbox holds more due messages than the dispatcher
+    /// could take (see [`Store::note_backlog`]).
+    backlog: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The file a `sqlite:` URL names (none for other databases and in-memory ones).
@@ -345,8 +348,25 @@ impl Store {
             owner: owner.to_owned(),
             lease: crate::clock::duration_ms(lease),
             tx,
+            backlog: Arc::default(),
         });
         rx
+    }
+
+    /// The dispatcher that ingest's writer hands messages to tells it
+    /// whether its last claim left due messages in the outbox (it took as
+    /// many as it asked for). While it did, the writer's transactions that
+    /// record that dispatcher's outcomes also claim for it, as many as it
+    /// has room for, and hand them over once committed: in a backlog a
+    /// message then costs one write transaction (its outcome's, shared with
+    /// others) instead of two, a claim's and an outcome's, each with its
+    /// own commit. The writer clears it once such a claim finds fewer than
+    /// it asked for.
+    pub fn note_backlog(&self, backlog: bool) {
+        if let Some(h) = &*self.handoff.read().unwrap_or_else(|e| e.into_inner()) {
+            h.backlog
+                .store(backlog, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Ingest's writer hands nothing more to a dispatcher (it is stopping).

@@ -220,8 +220,21 @@ impl Store {
             }
             results
         } else {
-            enqueue_many(&mut tx, batches, 0, &mut period, leasing).await?
+            enqueue_many(&mut tx, batches, 0, &mut period, leasing.as_deref_mut()).await?
         };
+        // Last, so that what the outcomes above let go of its group is
+        // claimed too, and so that its row locks (PostgreSQL) are held
+        // only until the commit that follows.
+        if let Some(l) = leasing.filter(|l| l.claim && l.room > 0) {
+            let now = self.clock.now_ms();
+            l.claimed = on!(tx.conn(), |c, D| sqlx::query_as(<D as Dialect>::CLAIM)
+                .bind(&l.owner)
+                .bind(l.until)
+                .bind(now)
+                .bind(l.room as i64)
+                .fetch_all(c)
+                .await?);
+        }
         tx.commit().await?;
         if started.elapsed() > SLOW_WRITE {
             self.refresh_stats(self.clock.now_ms(), "a write was slow");
@@ -413,7 +426,9 @@ fn repeats_within(batches: &[&IngestBatch]) -> bool {
 /// Messages leased at insert to a dispatcher of this process (see
 /// `Store::hand_off_to`), so that they need no claim: at most `room` of
 /// them, and only those with no older message of their (channel, group)
-/// pending (which the claim would hold back).
+/// pending (which the claim would hold back). With `claim`, the room left
+/// after the inserts is filled by a claim in the same transaction, as
+/// `Store::claim` would make it (see `Store::note_backlog`).
 pub(super) struct Leasing {
     pub owner: String,
     pub until: Millis,
@@ -421,6 +436,10 @@ pub(super) struct Leasing {
     pub room: usize,
     /// Each leased message: its batch's index, its index in the batch, its id.
     pub leased: Vec<(usize, usize, i64)>,
+    /// Whether to claim due messages into the room left.
+    pub claim: bool,
+    /// What that claim took.
+    pub claimed: Vec<ClaimedMessage>,
 }
 
 /// Records `batches` (no two sharing a dedupe key or a (channel, group)) in

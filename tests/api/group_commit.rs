@@ -16,6 +16,7 @@ use crate::on_both_backends;
 
 on_both_backends!(concurrent_batches_come_out_as_they_would_alone);
 on_both_backends!(messages_are_handed_over_leased_at_insert_unless_their_group_waits);
+on_both_backends!(with_a_backlog_recording_outcomes_claims_in_the_same_transaction);
 
 fn batch(key: &str, channel: &str, group: &str, messages: usize) -> IngestBatch {
     let now = now_ms();
@@ -236,6 +237,88 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
     let fourth = store.enqueue(batch("d", "e", "", 2)).await.unwrap();
     assert_eq!(waiting(&fourth), 2);
     assert!(handed.try_recv().is_err());
+}
+
+/// While the dispatcher says the outbox holds more than it took
+/// (`note_backlog`), the writer's transaction that records its outcomes
+/// also claims for it, as many as its hand-over queue has room for, in the
+/// claim's order: what the outcomes let go of its group is among them. A
+/// claim that finds fewer than its room clears the flag; without the flag,
+/// recording claims nothing. Nothing is claimed twice or for another owner.
+async fn with_a_backlog_recording_outcomes_claims_in_the_same_transaction(backend: Backend) {
+    use notimeter::store::Recorded;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+    let channels = |ms: &[notimeter::store::ClaimedMessage]| {
+        let mut c: Vec<String> = ms.iter().map(|m| m.channel_id.clone()).collect();
+        c.sort();
+        c
+    };
+
+    // Group g's first message (on g-0) and one without a group, claimed by
+    // "here"; then group g's second, which waits behind the first, and
+    // five more without a group.
+    store.enqueue(batch("a", "g", "g", 1)).await.unwrap();
+    store.enqueue(batch("p", "p", "", 1)).await.unwrap();
+    let now = now_ms();
+    let taken = store.claim("here", now, now + 60_000, 2).await.unwrap();
+    assert_eq!(channels(&taken), ["g-0", "p-0"]);
+    let (g_first, other) = match taken[0].channel_id == "g-0" {
+        true => (&taken[0], &taken[1]),
+        false => (&taken[1], &taken[0]),
+    };
+    store.enqueue(batch("b", "g", "g", 1)).await.unwrap();
+    store.enqueue(batch("x", "d", "", 5)).await.unwrap();
+    let mut handed = store.hand_off_to("here", Duration::from_secs(60), 8);
+
+    // No backlog said: recording claims nothing.
+    assert_eq!(
+        store
+            .record_telling("here", vec![delivered(other, now)])
+            .await
+            .unwrap(),
+        (vec![Recorded::Applied], false)
+    );
+    assert!(handed.try_recv().is_err());
+
+    // A backlog said: recording group g's first claims, in the same
+    // transaction, the six now due, group g's second among them.
+    store.note_backlog(true);
+    assert_eq!(
+        store
+            .record_telling("here", vec![delivered(g_first, now)])
+            .await
+            .unwrap(),
+        (vec![Recorded::Applied], true)
+    );
+    let mut got: Vec<_> = std::iter::from_fn(|| handed.try_recv().ok()).collect();
+    assert_eq!(channels(&got), ["d-0", "d-1", "d-2", "d-3", "d-4", "g-0"]);
+    assert!(got.iter().all(|m| m.attempts == 0 && !m.payload.is_empty()));
+    let now = now_ms();
+    let elsewhere = store.claim("there", now, now + 60_000, 100).await.unwrap();
+    assert!(elsewhere.is_empty(), "leased to here: {elsewhere:?}");
+
+    // Six for a room of eight: the flag is cleared. Of ten new messages
+    // eight are leased at insert (the queue, emptied above, has room for
+    // eight); recording every handed-over message then claims nothing, and
+    // the two left over wait for a claim.
+    let e = store.enqueue(batch("e", "e", "", 10)).await.unwrap();
+    assert!(matches!(e, Enqueued::Accepted { waiting: 2, .. }), "{e:?}");
+    got.extend(std::iter::from_fn(|| handed.try_recv().ok()));
+    assert_eq!(got.len(), 14);
+    let records: Vec<_> = got.iter().map(|m| delivered(m, now)).collect();
+    assert_eq!(
+        store.record_telling("here", records).await.unwrap().0,
+        vec![Recorded::Applied; 14]
+    );
+    assert!(handed.try_recv().is_err());
+    let now = now_ms();
+    let left = store.claim("there", now, now + 60_000, 100).await.unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|m| m.channel_id.starts_with("e-")));
 }
 
 /// The batches waiting for the writer are bounded by bytes: with the writer
