@@ -152,8 +152,11 @@ impl Dispatcher {
             // What was handed over is sent first: with a backlog, the
             // writer claims for this dispatcher as it records outcomes
             // (see `Store::note_backlog`), so a claim of its own is needed
-            // only once that runs dry.
-            if claim_now && free > 0 && !hold && handed.is_empty() {
+            // only once that runs dry, or at the next poll at the latest:
+            // under steady ingest the queue may never be empty, and only a
+            // claim finds retries and deferred messages coming due.
+            let own_claim = handed.is_empty() || tokio::time::Instant::now() >= next_poll;
+            if claim_now && free > 0 && !hold && own_claim {
                 fill_by = None;
                 let limit = free.min(self.settings.batch_size) as i64;
                 let now = self.clock.now_ms();

@@ -241,10 +241,11 @@ async fn messages_are_handed_over_leased_at_insert_unless_their_group_waits(back
 
 /// While the dispatcher says the outbox holds more than it took
 /// (`note_backlog`), the writer's transaction that records its outcomes
-/// also claims for it, as many as its hand-over queue has room for, in the
-/// claim's order: what the outcomes let go of its group is among them. A
-/// claim that finds fewer than its room clears the flag; without the flag,
-/// recording claims nothing. Nothing is claimed twice or for another owner.
+/// also claims for it, as many as its hand-over queue has room for: what
+/// the outcomes let go of its group is among them. A full claim keeps the
+/// flag set; one that finds fewer than its room clears it; without the
+/// flag, recording claims nothing. Nothing is claimed twice or for another
+/// owner.
 async fn with_a_backlog_recording_outcomes_claims_in_the_same_transaction(backend: Backend) {
     use notimeter::store::Recorded;
     use std::time::Duration;
@@ -272,7 +273,10 @@ async fn with_a_backlog_recording_outcomes_claims_in_the_same_transaction(backen
     };
     store.enqueue(batch("b", "g", "g", 1)).await.unwrap();
     store.enqueue(batch("x", "d", "", 5)).await.unwrap();
-    let mut handed = store.hand_off_to("here", Duration::from_secs(60), 8);
+    let mut handed = store.hand_off_to("here", Duration::from_secs(60), 4);
+    let drain = |handed: &mut tokio::sync::mpsc::Receiver<_>| {
+        std::iter::from_fn(|| handed.try_recv().ok()).collect::<Vec<_>>()
+    };
 
     // No backlog said: recording claims nothing.
     assert_eq!(
@@ -285,7 +289,9 @@ async fn with_a_backlog_recording_outcomes_claims_in_the_same_transaction(backen
     assert!(handed.try_recv().is_err());
 
     // A backlog said: recording group g's first claims, in the same
-    // transaction, the six now due, group g's second among them.
+    // transaction, four of the six now due (room for four). That claim was
+    // full, so recording one of them claims the other two; fewer than its
+    // room, which clears the flag. Group g's second is among the six.
     store.note_backlog(true);
     assert_eq!(
         store
@@ -294,25 +300,38 @@ async fn with_a_backlog_recording_outcomes_claims_in_the_same_transaction(backen
             .unwrap(),
         (vec![Recorded::Applied], true)
     );
-    let mut got: Vec<_> = std::iter::from_fn(|| handed.try_recv().ok()).collect();
+    let first = drain(&mut handed);
+    assert_eq!(first.len(), 4, "{first:?}");
+    assert_eq!(
+        store
+            .record_telling("here", vec![delivered(&first[0], now)])
+            .await
+            .unwrap()
+            .0,
+        vec![Recorded::Applied]
+    );
+    let second = drain(&mut handed);
+    assert_eq!(second.len(), 2, "{second:?}");
+    let mut got: Vec<_> = first.into_iter().chain(second).collect();
     assert_eq!(channels(&got), ["d-0", "d-1", "d-2", "d-3", "d-4", "g-0"]);
     assert!(got.iter().all(|m| m.attempts == 0 && !m.payload.is_empty()));
     let now = now_ms();
     let elsewhere = store.claim("there", now, now + 60_000, 100).await.unwrap();
     assert!(elsewhere.is_empty(), "leased to here: {elsewhere:?}");
 
-    // Six for a room of eight: the flag is cleared. Of ten new messages
-    // eight are leased at insert (the queue, emptied above, has room for
-    // eight); recording every handed-over message then claims nothing, and
-    // the two left over wait for a claim.
-    let e = store.enqueue(batch("e", "e", "", 10)).await.unwrap();
+    // The flag is cleared. Of six new messages four are leased at insert
+    // (the queue, emptied above, has room for four); recording every
+    // handed-over message then claims nothing, and the two left over wait
+    // for a claim.
+    got.remove(0); // recorded above
+    let e = store.enqueue(batch("e", "e", "", 6)).await.unwrap();
     assert!(matches!(e, Enqueued::Accepted { waiting: 2, .. }), "{e:?}");
-    got.extend(std::iter::from_fn(|| handed.try_recv().ok()));
-    assert_eq!(got.len(), 14);
+    got.extend(drain(&mut handed));
+    assert_eq!(got.len(), 9);
     let records: Vec<_> = got.iter().map(|m| delivered(m, now)).collect();
     assert_eq!(
         store.record_telling("here", records).await.unwrap().0,
-        vec![Recorded::Applied; 14]
+        vec![Recorded::Applied; 9]
     );
     assert!(handed.try_recv().is_err());
     let now = now_ms();
