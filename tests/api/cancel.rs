@@ -243,6 +243,7 @@ async fn clients_hanging_up_do_not_wedge_the_store(backend: Backend) {
 on_both_backends!(
     enqueue_dropped_at_every_await_point,
     record_dropped_at_every_await_point,
+    record_claiming_a_backlog_dropped_at_every_await_point,
     clients_hanging_up_do_not_wedge_the_store,
     reconciliation_begin_dropped_at_every_await_point,
     redelivery_dropped_at_every_await_point,
@@ -349,6 +350,108 @@ async fn redelivery_dropped_at_every_await_point(backend: Backend) {
         store.redeliver(1, "again".into(), now_ms()).await.unwrap(),
         store::Redelivery::Already(id) if id == marked
     ));
+}
+
+/// The next message for "here": from its hand-over queue (then true), else
+/// claimed.
+async fn next_for_here(
+    store: &store::Store,
+    handed: &mut tokio::sync::mpsc::Receiver<store::ClaimedMessage>,
+) -> (store::ClaimedMessage, bool) {
+    if let Ok(m) = handed.try_recv() {
+        return (m, true);
+    }
+    let now = now_ms();
+    let claimed = store.claim("here", now, now + 60_000, 1).await.unwrap();
+    let m = claimed
+        .into_iter()
+        .next()
+        .expect("the backlog is not used up");
+    (m, false)
+}
+
+/// With a backlog said (`note_backlog`), the writer's transaction that
+/// records an outcome also claims for the dispatcher. Dropped after 0, 1,
+/// 2, … polls, the record still runs whole or not at all, the next one
+/// works, and whatever a claim leased reaches the dispatcher's hand-over
+/// queue: no message is left leased to it unseen (until its lease ran out).
+async fn record_claiming_a_backlog_dropped_at_every_await_point(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database(&backend, dir.path()).await;
+    let store = store::connect(&db.url).await.unwrap();
+    store.migrate(now_ms()).await.unwrap();
+    // A backlog of 400 messages, waiting before any dispatcher takes them.
+    for k in 0..200 {
+        store
+            .enqueue(batch(&format!("w{k}"), &format!("c{k}")))
+            .await
+            .unwrap();
+    }
+    let mut handed = store.hand_off_to("here", Duration::from_secs(60), 4);
+    // Every message that reached "here", handed over or claimed.
+    let mut seen = Vec::new();
+    // How many of them the writer claimed with a record and handed over.
+    let mut via_queue = 0;
+    let mut dropped = 0;
+    for polls in 0.. {
+        let (m, queued) = next_for_here(&store, &mut handed).await;
+        seen.push(m.id);
+        via_queue += usize::from(queued);
+        store.note_backlog(true);
+        let outcome = DropAfter {
+            inner: Box::pin(store.record("here", &[delivered(&m, now_ms())])),
+            polls,
+        }
+        .await;
+        if outcome.is_some() {
+            break;
+        }
+        dropped += 1;
+        let (other, queued) = next_for_here(&store, &mut handed).await;
+        seen.push(other.id);
+        via_queue += usize::from(queued);
+        let again = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.record("here", &[delivered(&other, now_ms())]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("record after a drop at poll {polls} hung"));
+        assert!(again.is_ok(), "{again:?}");
+        no_transaction_left_open(&backend, &db.url).await;
+        assert!(polls < 10_000, "record never completed");
+    }
+    assert!(dropped >= 2, "dropped {dropped} times");
+    store.close().await;
+    drop(store);
+    let left: Vec<i64> = std::iter::from_fn(|| handed.try_recv().ok().map(|m| m.id)).collect();
+    via_queue += left.len();
+    seen.extend(left);
+    let mut pending_seen = 0;
+    for id in &seen {
+        let (state, attempts): (String, i64) = query_row(
+            &db.url,
+            &format!(
+                "SELECT state, (SELECT COUNT(*) FROM attempts WHERE message_id = {id}) \
+                 FROM messages WHERE id = {id}"
+            ),
+        )
+        .await;
+        assert!(
+            (state == "delivered" && attempts == 1) || (state == "pending" && attempts == 0),
+            "message {id}: {state} with {attempts} attempt rows"
+        );
+        pending_seen += i64::from(state == "pending");
+    }
+    let leased: i64 = query_one(
+        &db.url,
+        "SELECT COUNT(*) FROM messages WHERE state = 'pending' AND lease_owner = 'here'",
+    )
+    .await;
+    assert_eq!(
+        leased, pending_seen,
+        "every message leased to here reached it"
+    );
+    assert!(via_queue > 0, "no record claimed for the backlog");
 }
 
 /// Records an outcome, dropping the call after 0, 1, 2, … polls, while an
