@@ -152,6 +152,16 @@ type Tx<'c> = Db<Transaction<'c, sqlx::Sqlite>, Transaction<'c, sqlx::Postgres>>
 /// statement per transaction.
 type Held = Db<PoolConnection<sqlx::Sqlite>, PoolConnection<sqlx::Postgres>>;
 
+impl Held {
+    /// The connection, to run statements on.
+    fn conn(&mut self) -> Db<&mut SqliteConnection, &mut PgConnection> {
+        match self {
+            Db::Sqlite(c) => Db::Sqlite(&mut **c),
+            Db::Postgres(c) => Db::Postgres(&mut **c),
+        }
+    }
+}
+
 impl Tx<'_> {
     /// The transaction's connection, to run statements on.
     fn conn(&mut self) -> Db<&mut SqliteConnection, &mut PgConnection> {

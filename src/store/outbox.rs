@@ -4,11 +4,12 @@
 use super::ledger::{period_now, PeriodNow};
 use super::statements;
 use super::{
-    group, on, AttemptRecord, ClaimedMessage, Dialect, Enqueued, IngestBatch, NewMessage, Outcome,
-    Recorded, Result, Store, StoreError, Superseded, Tx,
+    group, on, AttemptRecord, ClaimedMessage, Db, Dialect, Enqueued, IngestBatch, NewMessage,
+    Outcome, Recorded, Result, Store, StoreError, Superseded, Tx,
 };
 use crate::clock::Millis;
 use crate::domain::{AttemptResult, Reason};
+use sqlx::{PgConnection, SqliteConnection};
 
 /// The claim statement both backends run, with the row-locking clause a
 /// backend adds to its inner select (PostgreSQL: `FOR UPDATE OF m SKIP
@@ -227,13 +228,7 @@ impl Store {
         // only until the commit that follows.
         if let Some(l) = leasing.filter(|l| l.claim && l.room > 0) {
             let now = self.clock.now_ms();
-            l.claimed = on!(tx.conn(), |c, D| sqlx::query_as(<D as Dialect>::CLAIM)
-                .bind(&l.owner)
-                .bind(l.until)
-                .bind(now)
-                .bind(l.room as i64)
-                .fetch_all(c)
-                .await?);
+            l.claimed = claim_on(tx.conn(), &l.owner, now, l.until, l.room as i64).await?;
         }
         tx.commit().await?;
         if started.elapsed() > SLOW_WRITE {
@@ -265,14 +260,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ClaimedMessage>> {
         let started = std::time::Instant::now();
-        let claimed: Vec<ClaimedMessage> =
-            on!(self.writer(), |c, D| sqlx::query_as(<D as Dialect>::CLAIM)
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(c)
-                .await?);
+        let mut writer = self.hold_writer().await?;
+        let claimed = claim_on(writer.conn(), owner, now, lease_until, limit).await?;
+        drop(writer);
         if started.elapsed() > SLOW_CLAIM && claimed.len() as i64 == limit {
             self.refresh_stats(now, "claims were slow");
         }
@@ -390,6 +380,26 @@ impl Store {
         .fetch_one(c)
         .await?))
     }
+}
+
+/// Leases up to `limit` messages due by `now` to `owner` until
+/// `lease_until`, with the claim statement, on `c`: a writer connection of
+/// its own ([`Store::claim`]) or a writer's transaction, which then claims
+/// with the outcomes it records ([`Store::write_group`]).
+async fn claim_on(
+    c: Db<&mut SqliteConnection, &mut PgConnection>,
+    owner: &str,
+    now: Millis,
+    lease_until: Millis,
+    limit: i64,
+) -> Result<Vec<ClaimedMessage>> {
+    Ok(on!(c, |c, D| sqlx::query_as(<D as Dialect>::CLAIM)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(c)
+        .await?))
 }
 
 /// Rows per multi-row statement: well inside both backends' limits on

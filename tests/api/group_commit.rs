@@ -277,13 +277,13 @@ async fn with_a_backlog_recording_outcomes_claims_in_the_same_transaction(backen
     let drain = |handed: &mut tokio::sync::mpsc::Receiver<_>| {
         std::iter::from_fn(|| handed.try_recv().ok()).collect::<Vec<_>>()
     };
+    let record_one = |m: &notimeter::store::ClaimedMessage| {
+        store.record_telling("here", vec![delivered(m, now)])
+    };
 
     // No backlog said: recording claims nothing.
     assert_eq!(
-        store
-            .record_telling("here", vec![delivered(other, now)])
-            .await
-            .unwrap(),
+        record_one(other).await.unwrap(),
         (vec![Recorded::Applied], false)
     );
     assert!(handed.try_recv().is_err());
@@ -294,20 +294,13 @@ async fn with_a_backlog_recording_outcomes_claims_in_the_same_transaction(backen
     // room, which clears the flag. Group g's second is among the six.
     store.note_backlog(true);
     assert_eq!(
-        store
-            .record_telling("here", vec![delivered(g_first, now)])
-            .await
-            .unwrap(),
+        record_one(g_first).await.unwrap(),
         (vec![Recorded::Applied], true)
     );
     let first = drain(&mut handed);
     assert_eq!(first.len(), 4, "{first:?}");
     assert_eq!(
-        store
-            .record_telling("here", vec![delivered(&first[0], now)])
-            .await
-            .unwrap()
-            .0,
+        record_one(&first[0]).await.unwrap().0,
         vec![Recorded::Applied]
     );
     let second = drain(&mut handed);
